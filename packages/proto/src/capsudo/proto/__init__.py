@@ -1,0 +1,84 @@
+"""capsudo's wire format: control messages, multiplexer frames, decoders.
+
+Pure data in and out, no I/O and no trio. Names load on first use, so a
+one-shot client that needs only `capsudo.proto.lean` never pays for construct.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from ._errors import ProtocolError
+from ._limits import DATA_FRAME_SIZE, DEFAULT_MAX_FRAME_PAYLOAD, MAX_CONTROL_PAYLOAD
+
+__all__ = [
+    "ProtocolError",
+    "MAX_CONTROL_PAYLOAD",
+    "DEFAULT_MAX_FRAME_PAYLOAD",
+    "DATA_FRAME_SIZE",
+    # control messages
+    "MessageType",
+    "SessionKind",
+    "Message",
+    "Arg",
+    "Env",
+    "Exit",
+    "Fd",
+    "SessionType",
+    "Error",
+    "Secret",
+    "Unauthorized",
+    "Winsize",
+    "End",
+    "encode_message",
+    "decode_header",
+    "ControlDecoder",
+    # multiplexer frames
+    "FrameKind",
+    "Direction",
+    "Frame",
+    "ControlFrame",
+    "FdsFrame",
+    "StreamData",
+    "StreamClose",
+    "encode_frame",
+    "encode_data_header",
+    "FrameDecoder",
+]
+
+_HOME = {
+    **dict.fromkeys(
+        ["MessageType", "SessionKind", "Message", "Arg", "Env", "Exit", "Fd", "SessionType",
+         "Error", "Secret", "Unauthorized", "Winsize", "End", "encode_message", "decode_header"],
+        "._messages",
+    ),
+    "ControlDecoder": "._control",
+    **dict.fromkeys(
+        ["FrameKind", "Direction", "Frame", "ControlFrame", "FdsFrame", "StreamData", "StreamClose",
+         "encode_frame", "encode_data_header", "FrameDecoder"],
+        "._frames",
+    ),
+}
+
+
+def __getattr__(name: str):
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from ._control import ControlDecoder
+    from ._frames import (ControlFrame, Direction, FdsFrame, Frame, FrameDecoder, FrameKind,
+                          StreamClose, StreamData, encode_data_header, encode_frame)
+    from ._messages import (Arg, End, Env, Error, Exit, Fd, Message, MessageType, Secret,
+                            SessionKind, SessionType, Unauthorized, Winsize, decode_header,
+                            encode_message)

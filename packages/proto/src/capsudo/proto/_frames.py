@@ -1,0 +1,167 @@
+"""Frames of the multiplexed byte channel, and their sans-I/O decoder."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Union
+
+from . import _layout
+from ._control import ControlDecoder
+from ._errors import ProtocolError
+from ._layout import FDS_RECORD_SIZE, FRAME_HEADER_SIZE
+from ._limits import DEFAULT_MAX_FRAME_PAYLOAD, MAX_CONTROL_PAYLOAD
+from ._messages import Message, encode_message
+
+
+class FrameKind(enum.IntEnum):
+    CONTROL = 1
+    FDS = 2
+    STREAM_DATA = 3
+    STREAM_CLOSE = 4
+
+
+class Direction(enum.IntEnum):
+    """Which way a delegated descriptor's bytes flow, seen from its sender."""
+
+    READ = 0
+    WRITE = 1
+    READ_WRITE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ControlFrame:
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class FdsFrame:
+    streams: tuple[tuple[int, Direction], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamData:
+    stream_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamClose:
+    stream_id: int
+
+
+Frame = Union[ControlFrame, FdsFrame, StreamData, StreamClose]
+
+
+def _header(kind: FrameKind, stream_id: int, length: int) -> bytes:
+    return _layout.FRAME_HEADER.build({"kind": int(kind), "stream_id": stream_id, "length": length})
+
+
+def encode_frame(frame: Frame) -> bytes:
+    if isinstance(frame, StreamData):
+        return _header(FrameKind.STREAM_DATA, frame.stream_id, len(frame.data)) + frame.data
+    if isinstance(frame, StreamClose):
+        return _header(FrameKind.STREAM_CLOSE, frame.stream_id, 0)
+    if isinstance(frame, ControlFrame):
+        body = encode_message(frame.message)
+        return _header(FrameKind.CONTROL, 0, len(body)) + body
+    if isinstance(frame, FdsFrame):
+        body = b"".join(
+            _layout.FDS_RECORD.build({"stream_id": sid, "direction": int(d)}) for sid, d in frame.streams
+        )
+        return _header(FrameKind.FDS, 0, len(body)) + body
+    raise TypeError(f"not a frame: {frame!r}")
+
+
+def encode_data_header(stream_id: int, length: int) -> bytes:
+    """The header of a StreamData frame, for writers that send the data separately."""
+    return _header(FrameKind.STREAM_DATA, stream_id, length)
+
+
+def _decode_control(payload: bytes) -> ControlFrame:
+    decoder = ControlDecoder(MAX_CONTROL_PAYLOAD)
+    decoder.feed(payload)
+    message = decoder.next_message()
+    if message is None or not decoder.at_boundary:
+        raise ProtocolError("a Control frame must hold exactly one control message")
+    return ControlFrame(message)
+
+
+def _decode_fds(payload: bytes) -> FdsFrame:
+    if len(payload) % FDS_RECORD_SIZE:
+        raise ProtocolError(f"Fds frame length {len(payload)} is not a multiple of {FDS_RECORD_SIZE}")
+    streams = []
+    for offset in range(0, len(payload), FDS_RECORD_SIZE):
+        record = _layout.FDS_RECORD.parse(payload[offset : offset + FDS_RECORD_SIZE])
+        try:
+            direction = Direction(record.direction)
+        except ValueError:
+            raise ProtocolError(f"Fds frame names unknown direction {record.direction}") from None
+        streams.append((record.stream_id, direction))
+    return FdsFrame(tuple(streams))
+
+
+class FrameDecoder:
+    """Bytes in, whole frames out, with the frame length capped before buffering."""
+
+    def __init__(self, max_payload: int = DEFAULT_MAX_FRAME_PAYLOAD) -> None:
+        self.max_payload = max_payload
+        self._buffer = bytearray()
+        self._pending: tuple[FrameKind, int, int] | None = None
+        self._broken: ProtocolError | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self._broken is not None:
+            raise self._broken
+        self._buffer += data
+
+    def next_frame(self) -> Frame | None:
+        if self._broken is not None:
+            raise self._broken
+        try:
+            return self._next_frame()
+        except ProtocolError as exc:
+            self._broken = exc
+            raise
+
+    def frames(self) -> Iterator[Frame]:
+        while (frame := self.next_frame()) is not None:
+            yield frame
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._pending is None and not self._buffer
+
+    def _next_frame(self) -> Frame | None:
+        if self._pending is None:
+            if len(self._buffer) < FRAME_HEADER_SIZE:
+                return None
+            header = _layout.FRAME_HEADER.parse(bytes(self._buffer[:FRAME_HEADER_SIZE]))
+            try:
+                kind = FrameKind(header.kind)
+            except ValueError:
+                raise ProtocolError(f"unknown frame kind {header.kind}") from None
+            if header.length > self.max_payload:
+                raise ProtocolError(
+                    f"frame announces {header.length} bytes, more than the limit of {self.max_payload}"
+                )
+            if kind in (FrameKind.CONTROL, FrameKind.FDS) and header.stream_id != 0:
+                raise ProtocolError(f"{kind.name} frame on stream {header.stream_id}, expected 0")
+            if kind is FrameKind.STREAM_CLOSE and header.length:
+                raise ProtocolError("StreamClose frame carries no payload")
+            del self._buffer[:FRAME_HEADER_SIZE]
+            self._pending = (kind, header.stream_id, header.length)
+        kind, stream_id, length = self._pending
+        if len(self._buffer) < length:
+            return None
+        payload = bytes(self._buffer[:length])
+        del self._buffer[:length]
+        self._pending = None
+        if kind is FrameKind.STREAM_DATA:
+            return StreamData(stream_id, payload)
+        if kind is FrameKind.STREAM_CLOSE:
+            return StreamClose(stream_id)
+        if kind is FrameKind.CONTROL:
+            return _decode_control(payload)
+        return _decode_fds(payload)

@@ -1,0 +1,14 @@
+"""Size limits of the wire contract and the defaults of our own caps."""
+
+# A control message announcing more than this is refused before its payload
+# is read (protocol.md, section 1).
+MAX_CONTROL_PAYLOAD = 16 * 1024 * 1024
+
+# The largest multiplexer frame we accept by default: room for one control
+# message at the contract's limit, with its header. Data frames from the
+# reference are at most 16 KiB; ours at most DATA_FRAME_SIZE.
+DEFAULT_MAX_FRAME_PAYLOAD = MAX_CONTROL_PAYLOAD + 8
+
+# How much one data frame of ours carries: larger frames cost fewer headers,
+# and any conforming peer accepts any size.
+DATA_FRAME_SIZE = 64 * 1024

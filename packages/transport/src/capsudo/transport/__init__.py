@@ -1,0 +1,69 @@
+"""Moving control messages and descriptors between a client and a daemon.
+
+Unix sockets carry real descriptors (SCM_RIGHTS) and vouch for the peer;
+byte channels simulate descriptor passing. Names load on first use, so the
+one-shot client's blocking Unix path never imports trio.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__all__ = [
+    "MessageChannel",
+    "Received",
+    "close_fds",
+    "PeerCredentials",
+    "peer_credentials",
+    "Owner",
+    "parse_owner",
+    "parse_mode",
+    "DEFAULT_MODE",
+    "UnixChannel",
+    "connect_unix",
+    "UnixListener",
+    "open_unix_listener",
+    "EndpointError",
+    "BlockingUnixConnection",
+]
+
+_HOME = {
+    "MessageChannel": "._channel",
+    "Received": "._channel",
+    "close_fds": "._channel",
+    "PeerCredentials": "._credentials",
+    "peer_credentials": "._credentials",
+    "Owner": "._owner",
+    "parse_owner": "._owner",
+    "parse_mode": "._owner",
+    "DEFAULT_MODE": "._owner",
+    "UnixChannel": "._unix",
+    "connect_unix": "._unix",
+    "UnixListener": "._listener",
+    "open_unix_listener": "._listener",
+    "EndpointError": "._listener",
+    "BlockingUnixConnection": "._blocking_unix",
+}
+
+
+def __getattr__(name: str):
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from ._blocking_unix import BlockingUnixConnection
+    from ._channel import MessageChannel, Received, close_fds
+    from ._credentials import PeerCredentials, peer_credentials
+    from ._listener import EndpointError, UnixListener, open_unix_listener
+    from ._owner import DEFAULT_MODE, Owner, parse_mode, parse_owner
+    from ._unix import UnixChannel, connect_unix

@@ -1,0 +1,63 @@
+"""A blocking Unix connection for one-shot clients, standard library only.
+
+A command-line client that only hands over its descriptors and waits for
+a status needs no event loop; importing one would cost more than the whole
+session.
+"""
+
+from __future__ import annotations
+
+import array
+import socket
+from collections.abc import Sequence
+
+from capsudo.proto import ProtocolError, lean
+
+
+class BlockingUnixConnection:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            self.socket.connect(path)
+        except BaseException:
+            self.socket.close()
+            raise
+
+    def send(self, data: bytes, fds: Sequence[int] = ()) -> None:
+        """Send encoded messages; descriptors ride on the first byte."""
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        sent = self.socket.sendmsg([data], ancillary)
+        if sent < len(data):
+            self.socket.sendall(memoryview(data)[sent:])
+
+    def _read_exactly(self, size: int) -> bytes | None:
+        chunks = bytearray()
+        while len(chunks) < size:
+            chunk = self.socket.recv(size - len(chunks))
+            if not chunk:
+                if chunks:
+                    raise ProtocolError("the connection closed in the middle of a message")
+                return None
+            chunks += chunk
+        return bytes(chunks)
+
+    def receive(self) -> tuple[int, bytes] | None:
+        """(type, payload) of the next message, or None when the peer closed."""
+        header = self._read_exactly(lean.HEADER_SIZE)
+        if header is None:
+            return None
+        type_code, length = lean.parse_header(header)
+        payload = self._read_exactly(length) if length else b""
+        if payload is None:
+            raise ProtocolError("the connection closed in the middle of a message")
+        return type_code, payload
+
+    def close(self) -> None:
+        self.socket.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,106 @@
+"""Control messages over a Unix stream socket, descriptors as SCM_RIGHTS."""
+
+from __future__ import annotations
+
+import array
+import socket
+from collections.abc import Sequence
+
+import trio
+
+from capsudo.proto import MAX_CONTROL_PAYLOAD, ControlDecoder, Fd, Message, ProtocolError, encode_message
+
+from ._channel import MessageChannel, Received, close_fds
+from ._credentials import peer_credentials
+
+# Room for more descriptors than any message may carry, so a peer that sends
+# too many is told so instead of having the extra ones silently dropped.
+DEFAULT_MAX_FDS = 8
+
+
+def _fds_from_ancillary(ancdata) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received = array.array("i")
+            received.frombytes(data[: len(data) - len(data) % received.itemsize])
+            fds.extend(received)
+    return fds
+
+
+class UnixChannel(MessageChannel):
+    """One connection on a Unix stream socket.
+
+    Reads exactly one message at a time and never a byte past it, so a
+    front-end can read the first message and hand the live socket on.
+    """
+
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        *,
+        max_payload: int = MAX_CONTROL_PAYLOAD,
+        max_fds: int = DEFAULT_MAX_FDS,
+        description: str | None = None,
+    ) -> None:
+        self.socket = sock
+        self.max_payload = max_payload
+        self._ancillary_space = socket.CMSG_SPACE(max_fds * array.array("i").itemsize)
+        try:
+            self.peer = peer_credentials(sock)
+        except OSError:
+            self.peer = None
+        self.description = description or f"unix {self.peer or '?'}"
+        self._send_lock = trio.Lock()
+
+    async def send(self, message: Message, fds: Sequence[int] = ()) -> None:
+        data = encode_message(message)
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        async with self._send_lock:
+            sent = await self.socket.sendmsg([data], ancillary)
+            while sent < len(data):
+                sent += await self.socket.send(data[sent:])
+
+    async def receive(self) -> Received | None:
+        decoder = ControlDecoder(self.max_payload)
+        fds: list[int] = []
+        try:
+            while (wanted := decoder.needed()) > 0:
+                data, ancdata, flags, _ = await self.socket.recvmsg(
+                    wanted, self._ancillary_space, socket.MSG_CMSG_CLOEXEC
+                )
+                fds.extend(_fds_from_ancillary(ancdata))
+                if flags & socket.MSG_CTRUNC:
+                    raise ProtocolError("the peer sent more descriptors than a message may carry")
+                if not data:
+                    if decoder.at_boundary and not fds:
+                        return None
+                    raise ProtocolError("the connection closed in the middle of a message")
+                decoder.feed(data)
+            message = decoder.next_message()
+            assert message is not None
+        except BaseException:
+            close_fds(fds)
+            raise
+        if not isinstance(message, Fd):
+            # Descriptors may only ride on Fd; anything else is closed unseen.
+            close_fds(fds)
+            return Received(message, [])
+        if message.count != len(fds):
+            close_fds(fds)
+            raise ProtocolError(f"Fd announced {message.count} descriptors but {len(fds)} arrived")
+        return Received(message, fds)
+
+    async def aclose(self) -> None:
+        self.socket.close()
+        await trio.lowlevel.checkpoint()
+
+
+async def connect_unix(path: str, **options) -> UnixChannel:
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return UnixChannel(sock, description=f"unix {path}", **options)
