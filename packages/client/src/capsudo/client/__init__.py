@@ -1,1 +1,5 @@
-"""(being built)"""
+"""The capsudo command: run a program through a capability endpoint."""
+
+from ._cli import main
+
+__all__ = ["main"]

@@ -1,1 +1,79 @@
-"""(being built)"""
+"""Sessions: the client's side and the daemon's side, over any transport.
+
+Attenuation (what an endpoint allows), spawning, the daemon-side pty, exit
+status and the session log. Names load on first use, so the one-shot client
+on a Unix socket imports neither trio nor construct.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__all__ = [
+    "UsageError",
+    "parse_options",
+    "Policy",
+    "attenuate",
+    "resolve_program",
+    "SAFE_PATH",
+    "SessionLimits",
+    "ClientError",
+    "ClientRequest",
+    "build_request",
+    "default_endpoint",
+    "forwarded_environment",
+    "FORWARDED_VARIABLES",
+    "SessionResult",
+    "run_unix_session",
+    "run",
+    "serve_session",
+    "SessionRecord",
+    "Hangup",
+]
+
+_HOME = {
+    "UsageError": "._options",
+    "parse_options": "._options",
+    "Policy": "._policy",
+    "attenuate": "._policy",
+    "resolve_program": "._policy",
+    "SAFE_PATH": "._policy",
+    "SessionLimits": "._limits",
+    "ClientError": "._client_request",
+    "ClientRequest": "._client_request",
+    "build_request": "._client_request",
+    "default_endpoint": "._client_request",
+    "forwarded_environment": "._client_request",
+    "FORWARDED_VARIABLES": "._client_request",
+    "SessionResult": "._unix_client",
+    "run_unix_session": "._unix_client",
+    "run": "._library",
+    "serve_session": "._daemon_session",
+    "SessionRecord": "._daemon_session",
+    "Hangup": "._daemon_session",
+}
+
+
+def __getattr__(name: str):
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from ._client_request import (FORWARDED_VARIABLES, ClientError, ClientRequest, build_request,
+                                  default_endpoint, forwarded_environment)
+    from ._daemon_session import Hangup, SessionRecord, serve_session
+    from ._library import run
+    from ._limits import SessionLimits
+    from ._options import UsageError, parse_options
+    from ._policy import SAFE_PATH, Policy, attenuate, resolve_program
+    from ._unix_client import SessionResult, run_unix_session

@@ -1,1 +1,5 @@
-"""(being built)"""
+"""The capsudod command: hold a privilege and delegate it through an endpoint."""
+
+from ._cli import main
+
+__all__ = ["main"]

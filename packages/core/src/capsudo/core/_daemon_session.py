@@ -1,0 +1,172 @@
+"""The daemon's side of one session: handshake, attenuation, run, status.
+
+Written against MessageChannel only: the same code serves a Unix socket, a
+byte channel, or a socket handed over by a password front-end.
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from capsudo.proto import Error, Exit, ProtocolError, Winsize
+from capsudo.transport import MessageChannel
+
+from ._handshake import HandshakeError, Request, read_request
+from ._limits import SessionLimits
+from ._policy import Policy, ProgramNotFound, attenuate, resolve_program
+from ._spawn import RunningProgram, SpawnError, open_plain_program, signal_group
+
+CANNOT_RUN_STATUS = 127
+FAILURE_STATUS = 1
+
+_LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+@dataclass
+class SessionRecord:
+    """One line of the daemon's log: who ran what, and how it ended."""
+
+    peer: str
+    argv: list[str] | None = None
+    status: int | None = None
+    outcome: str = "ok"
+    started: float = 0.0
+    duration: float = 0.0
+
+    def __str__(self) -> str:
+        command = shlex.join(self.argv) if self.argv is not None else "-"
+        status = "-" if self.status is None else str(self.status)
+        return (
+            f"session {self.peer} argv={command!r} status={status} "
+            f"outcome={self.outcome} duration={self.duration:.3f}s"
+        )
+
+
+class Hangup:
+    """Set when the daemon wants every running program hung up (shutdown)."""
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+
+
+async def _send_quietly(channel: MessageChannel, *messages) -> bool:
+    try:
+        for message in messages:
+            await channel.send(message)
+    except _LINK_ERRORS:
+        return False
+    return True
+
+
+async def _hang_up(program: RunningProgram, grace: float) -> None:
+    if signal_group(program.pid, signal.SIGHUP):
+        await trio.sleep(grace)
+        signal_group(program.pid, signal.SIGKILL)
+
+
+async def _watch_client(channel: MessageChannel, program: RunningProgram, record: SessionRecord) -> None:
+    """Apply window-size changes until the client goes away."""
+    while True:
+        try:
+            received = await channel.receive()
+        except (ProtocolError, *_LINK_ERRORS):
+            received = None
+        if received is None:
+            record.outcome = "client hung up"
+            return
+        if isinstance(received.message, Winsize):
+            program.resize(received.message)
+
+
+async def _supervise(
+    channel: MessageChannel, program: RunningProgram, limits: SessionLimits, shutdown: Hangup, record: SessionRecord
+) -> int:
+    async with trio.open_nursery() as nursery:
+
+        async def hang_up_when(wait: Callable) -> None:
+            await wait()
+            await _hang_up(program, limits.hangup_grace)
+
+        async def watch_then_hang_up() -> None:
+            await _watch_client(channel, program, record)
+            await _hang_up(program, limits.hangup_grace)
+
+        nursery.start_soon(watch_then_hang_up)
+        nursery.start_soon(hang_up_when, shutdown.event.wait)
+        status = await program.wait()
+        nursery.cancel_scope.cancel()
+    return status
+
+
+def open_program(request: Request, executable: str, argv: list[str], env: dict[str, str]):
+    if request.interactive:
+        from ._pty import open_pty_program
+
+        return open_pty_program(executable, argv, env, request.fds, request.winsize)
+    return open_plain_program(executable, argv, env, request.fds)
+
+
+async def serve_session(
+    channel: MessageChannel,
+    policy: Policy,
+    limits: SessionLimits = SessionLimits(),
+    shutdown: Hangup | None = None,
+) -> SessionRecord:
+    """Serve one client to its end; never raises for anything the client did."""
+    record = SessionRecord(peer=str(channel.peer) if channel.peer else channel.description, started=time.time())
+    clock = time.monotonic()
+    shutdown = shutdown or Hangup()
+    try:
+        await _serve(channel, policy, limits, shutdown, record)
+    finally:
+        record.duration = time.monotonic() - clock
+        with trio.CancelScope(shield=True):
+            await channel.aclose()
+    return record
+
+
+async def _refuse(channel: MessageChannel, record: SessionRecord, reason: str, status: int) -> None:
+    record.outcome = f"refused: {reason}"
+    record.status = status
+    await _send_quietly(channel, Error(reason), Exit(status))
+
+
+async def _serve(
+    channel: MessageChannel, policy: Policy, limits: SessionLimits, shutdown: Hangup, record: SessionRecord
+) -> None:
+    try:
+        with trio.fail_after(limits.handshake_timeout):
+            request = await read_request(channel, limits)
+    except trio.TooSlowError:
+        return await _refuse(channel, record, f"handshake not completed within {limits.handshake_timeout:g}s", FAILURE_STATUS)
+    except (HandshakeError, ProtocolError) as exc:
+        return await _refuse(channel, record, str(exc), FAILURE_STATUS)
+    except _LINK_ERRORS as exc:
+        record.outcome = f"connection lost during handshake: {exc}"
+        return
+    if request is None:
+        record.outcome = "client left before End"
+        return
+
+    try:
+        argv, env = attenuate(policy, request.argv, request.env_entries)
+        record.argv = argv
+        try:
+            executable = resolve_program(argv[0], env)
+            async with open_program(request, executable, argv, env) as program:
+                request.close_fds()  # the program holds them now; our copies would delay end-of-file
+                status = await _supervise(channel, program, limits, shutdown, record)
+        except (SpawnError, ProgramNotFound, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return await _refuse(channel, record, f"unable to run {argv[0]}: {reason}", CANNOT_RUN_STATUS)
+    finally:
+        request.close_fds()
+    record.status = status
+    if record.outcome == "ok":
+        await _send_quietly(channel, Exit(status))

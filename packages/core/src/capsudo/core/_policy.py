@@ -1,0 +1,66 @@
+"""Attenuation: what the daemon runs, given what it pins and what a client asks.
+
+The daemon's pins always win. A pinned program is a prefix the client can
+only extend (or, with `fixed`, not touch at all); the environment starts
+empty, and a daemon entry beats a client entry of the same name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+# Where programs are looked up when the program's environment has no PATH:
+# system directories only, never the current directory.
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+DEFAULT_PROGRAM = ("sh",)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What an endpoint allows: `capsudod [-f] [-E] [-e K=V]... [program [args...]]`."""
+
+    program: tuple[str, ...] = ()
+    fixed_arguments: bool = False
+    fixed_environment: bool = False
+    environment: Mapping[str, str] = field(default_factory=dict)
+
+
+def environment_from_entries(entries: Iterable[str]) -> dict[str, str]:
+    """KEY=VALUE entries to a mapping; a later entry replaces an earlier one."""
+    result: dict[str, str] = {}
+    for entry in entries:
+        key, _, value = entry.partition("=")
+        result[key] = value
+    return result
+
+
+def attenuate(policy: Policy, argv: Iterable[str], env_entries: Iterable[str]) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment to run, from the policy and a client's request."""
+    requested = [] if policy.fixed_arguments else list(argv)
+    command = list(policy.program) + requested or list(DEFAULT_PROGRAM)
+    environment = {} if policy.fixed_environment else environment_from_entries(env_entries)
+    environment.update(policy.environment)
+    return command, environment
+
+
+class ProgramNotFound(Exception):
+    pass
+
+
+def resolve_program(name: str, environment: Mapping[str, str]) -> str:
+    """The file to execute: a name with a slash as it is, else the first
+    executable match on the program's own PATH (SAFE_PATH when it has none).
+    """
+    if "/" in name:
+        return name
+    search = environment.get("PATH") or SAFE_PATH
+    for directory in search.split(os.pathsep):
+        if not directory:
+            continue  # an empty entry would mean the daemon's working directory
+        candidate = os.path.join(directory, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise ProgramNotFound("command not found")
