@@ -51,11 +51,11 @@ async def _turn_away(channel, reason: str) -> None:
 
 
 async def serve_listener(listener, settings: ServerSettings) -> None:
-    """Serve until SIGTERM or SIGINT; then hang up running programs and return."""
+    """Serve until SIGTERM, SIGINT or SIGHUP; then hang up running programs and return."""
     shutdown = Hangup()
     slots = trio.CapacityLimiter(settings.max_sessions)
     async with trio.open_nursery() as sessions:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as accepting:
 
                 async def stop_on_signal() -> None:

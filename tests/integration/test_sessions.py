@@ -1,0 +1,270 @@
+"""capsudod and capsudo end to end over a Unix socket: the real commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import time
+
+import pytest
+
+from .daemon_process import CAPSUDO, CAPSUDOD, capsudo, wait_for_path
+
+
+@pytest.mark.parametrize(
+    "command, status",
+    [
+        (["true"], 0),
+        (["sh", "-c", "exit 3"], 3),
+        (["sh", "-c", "kill -9 $$"], 137),
+        (["sh", "-c", "kill -TERM $$"], 143),
+    ],
+)
+def test_status_is_relayed(daemon, command, status):
+    assert capsudo(daemon.socket, "--", *command).returncode == status
+
+
+def test_program_that_cannot_start_gives_127_and_a_message(daemon):
+    result = capsudo(daemon.socket, "--", "no-such-program-here")
+    assert result.returncode == 127
+    assert result.stderr.decode() == "capsudo: error: unable to run no-such-program-here: command not found\n"
+
+
+def test_program_that_is_not_executable_gives_127(daemon, tmp_path):
+    script = tmp_path / "plain"
+    script.write_text("echo hi\n")
+    result = capsudo(daemon.socket, "--", str(script))
+    assert result.returncode == 127
+    assert b"Permission denied" in result.stderr
+
+
+def test_stdin_stdout_stderr_are_the_callers(daemon):
+    result = capsudo(daemon.socket, "--", "sh", "-c", "cat; echo to-stderr >&2", input=b"piped\n" * 1000)
+    assert result.returncode == 0
+    assert result.stdout == b"piped\n" * 1000
+    assert result.stderr == b"to-stderr\n"
+
+
+def test_client_arguments_are_appended_to_the_pinned_program(daemon_factory):
+    daemon = daemon_factory("--", "echo", "pinned")
+    assert capsudo(daemon.socket, "--", "and", "more").stdout == b"pinned and more\n"
+
+
+def test_f_ignores_client_arguments(daemon_factory):
+    daemon = daemon_factory("-f", "--", "echo", "pinned")
+    assert capsudo(daemon.socket, "--", "rm", "-rf", "/nonexistent").stdout == b"pinned\n"
+
+
+def test_no_program_and_no_arguments_runs_sh(daemon):
+    assert capsudo(daemon.socket, input=b"echo from-sh\n").stdout == b"from-sh\n"
+
+
+def test_environment_is_cleared_and_built_from_entries(daemon_factory):
+    daemon = daemon_factory("-e", "PINNED=daemon", "-e", "SHARED=daemon", "--", "env")
+    env = {"PATH": os.environ["PATH"], "TERM": "xterm-test", "SECRET_TOKEN": "must-not-pass", "LANG": "C.UTF-8"}
+    result = capsudo(daemon.socket, "-e", "SHARED=client", "-e", "ASKED=client", env=env)
+    lines = sorted(result.stdout.decode().splitlines())
+    assert lines == sorted(["PINNED=daemon", "SHARED=daemon", "ASKED=client", "TERM=xterm-test", "LANG=C.UTF-8"])
+
+
+def test_E_ignores_client_entries(daemon_factory):
+    daemon = daemon_factory("-E", "-e", "ONLY=this", "--", "env")
+    result = capsudo(daemon.socket, "-e", "ASKED=client", env={"TERM": "xterm", "PATH": os.environ["PATH"]})
+    assert result.stdout == b"ONLY=this\n"
+
+
+def test_combined_flags_parse(daemon_factory):
+    daemon = daemon_factory("-fE", "-eK=V", "--", "env")
+    assert capsudo(daemon.socket, "-e", "X=1").stdout == b"K=V\n"
+
+
+def test_unknown_option_is_a_usage_error_not_a_program(sock_dir):
+    result = subprocess.run([CAPSUDOD, "-S", f"{sock_dir}/s", "-x", "true"], capture_output=True, timeout=10)
+    assert result.returncode == 2
+    assert result.stderr.decode().startswith("capsudod: unknown option -x")
+    assert not os.path.exists(f"{sock_dir}/s")
+    result = subprocess.run([CAPSUDO, "-q", "true"], capture_output=True, timeout=10)
+    assert result.returncode == 2
+    assert result.stderr.decode().startswith("capsudo: error: unknown option -q")
+
+
+@pytest.mark.parametrize("flags", [["-o", "no-such-user-x"], ["-m", "8"], ["-m", "010000"], ["-e", "NOEQUALS"]])
+def test_invalid_daemon_values_are_one_line_usage_errors(sock_dir, flags):
+    result = subprocess.run([CAPSUDOD, "-S", f"{sock_dir}/s", *flags], capture_output=True, timeout=10)
+    assert result.returncode == 2
+    assert result.stderr.decode().count("\n") == 1
+
+
+def test_program_runs_in_its_own_session(daemon):
+    result = capsudo(daemon.socket, "--", "sh", "-c", "cut -d' ' -f1,6 /proc/$$/stat")
+    pid, session = result.stdout.decode().split()
+    assert pid == session
+    assert int(session) != os.getsid(daemon.process.pid)
+
+
+def test_program_sees_only_its_three_descriptors(daemon):
+    # Compared with the same program run directly: nothing of the daemon's leaks.
+    listing = ["sh", "-c", "ls /proc/$$/fd"]
+    direct = subprocess.run(listing, capture_output=True, stdin=subprocess.DEVNULL, close_fds=True)
+    through = capsudo(daemon.socket, "--", *listing, input=b"")
+    assert through.stdout == direct.stdout
+    assert through.stdout.split() == [b"0", b"1", b"2"]
+
+
+def test_program_found_on_the_safe_path_without_PATH(daemon_factory):
+    # The program's environment has no PATH, yet `env` is found (on the safe default).
+    daemon = daemon_factory("-E", "--", "env")
+    result = capsudo(daemon.socket)
+    assert (result.returncode, result.stdout) == (0, b"")
+    daemon = daemon_factory("-E", "-e", "PATH=/nonexistent", "--", "ls", name="nopath.sock")
+    assert capsudo(daemon.socket).returncode == 127
+
+
+def test_each_session_is_logged(daemon):
+    capsudo(daemon.socket, "--", "sh", "-c", "exit 5")
+    time.sleep(0.2)
+    line = [line for line in daemon.log().splitlines() if "session" in line][-1]
+    assert f"uid={os.getuid()}" in line and "pid=" in line and "gid=" in line
+    assert "argv=\"sh -c 'exit 5'\"" in line
+    assert "status=5" in line and "duration=" in line
+
+
+def test_cannot_connect_names_the_endpoint(sock_dir):
+    result = subprocess.run([CAPSUDO, "-S", f"{sock_dir}/absent", "true"], capture_output=True, timeout=10)
+    assert result.returncode == 1
+    assert result.stderr.decode() == f"capsudo: error: cannot connect to {sock_dir}/absent: No such file or directory\n"
+
+
+def test_endpoint_from_the_environment(daemon):
+    result = subprocess.run(
+        [CAPSUDO, "echo", "via-env"], capture_output=True, timeout=10,
+        env={"CAPSUDO_SOCKET": daemon.socket, "PATH": os.environ["PATH"]},
+    )
+    assert result.stdout == b"via-env\n"
+
+
+def test_sigterm_stops_the_daemon_and_removes_the_socket(daemon):
+    assert capsudo(daemon.socket, "true").returncode == 0
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not os.path.exists(daemon.socket)
+
+
+def test_sigterm_hangs_up_running_programs(daemon, tmp_path):
+    marker = tmp_path / "hup"
+    client = subprocess.Popen(
+        [CAPSUDO, "-S", daemon.socket, "--", "sh", "-c", f"trap 'echo hup > {marker}; exit 0' HUP; sleep 60 & wait"],
+        stdin=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert marker.read_text() == "hup\n"
+    client.wait(10)
+    assert not os.path.exists(daemon.socket)
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().split(") ")[1].startswith("Z"):
+                return True
+        time.sleep(0.02)
+    return False
+
+
+def test_client_that_leaves_gets_its_program_hung_up(daemon_factory, tmp_path):
+    daemon = daemon_factory("--hangup-grace", "0.5")
+    marker = tmp_path / "hup"
+    pidfile = tmp_path / "pid"
+    client = subprocess.Popen(
+        [CAPSUDO, "-S", daemon.socket, "--", "sh", "-c",
+         f"echo $$ > {pidfile}; trap 'echo hup > {marker}; exit 0' HUP; while :; do sleep 0.05; done"],
+        stdin=subprocess.DEVNULL,
+    )
+    wait_for_path(str(pidfile))
+    client.kill()
+    client.wait()
+    deadline = time.monotonic() + 5
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert marker.read_text() == "hup\n"
+    time.sleep(0.3)
+    assert "client hung up" in daemon.log()
+
+
+def test_program_ignoring_sighup_is_killed_after_the_grace(daemon_factory, tmp_path):
+    daemon = daemon_factory("--hangup-grace", "0.5")
+    pidfile = tmp_path / "pid"
+    client = subprocess.Popen(
+        [CAPSUDO, "-S", daemon.socket, "--", "sh", "-c", f"trap '' HUP; echo $$ > {pidfile}; exec sleep 60"],
+        stdin=subprocess.DEVNULL,
+    )
+    wait_for_path(str(pidfile))
+    time.sleep(0.1)
+    pid = int(pidfile.read_text())
+    client.kill()
+    started = time.monotonic()
+    assert _wait_gone(pid, 5)
+    assert time.monotonic() - started >= 0.4
+
+
+def test_delegation_makes_a_narrower_endpoint(daemon, sock_dir):
+    narrow = f"{sock_dir}/narrow"
+    broad_client = subprocess.Popen(
+        [CAPSUDO, "-S", daemon.socket, "--", CAPSUDOD, "-S", narrow, "-f", "--", "/bin/echo", "narrowed"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_path(narrow)
+        result = capsudo(narrow, "--", "cat", "/etc/shadow")
+        assert result.returncode == 0
+        assert result.stdout == b"narrowed\n"
+    finally:
+        broad_client.terminate()
+        broad_client.wait(10)
+    # Revoking the broad session hangs up the narrow daemon, which removes its socket.
+    deadline = time.monotonic() + 5
+    while os.path.exists(narrow) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(narrow)
+
+
+def test_many_sessions_at_once(daemon):
+    clients = [
+        subprocess.Popen([CAPSUDO, "-S", daemon.socket, "--", "sh", "-c", f"sleep 0.3; exit {i}"],
+                         stdin=subprocess.DEVNULL)
+        for i in range(20)
+    ]
+    started = time.monotonic()
+    assert [c.wait(20) for c in clients] == list(range(20))
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.root
+def test_socket_mode_and_owner(daemon_factory, scratch_user):
+    name, uid, gid = scratch_user
+    daemon = daemon_factory("-o", name, "-m", "0660")
+    st = os.stat(daemon.socket)
+    assert stat.S_IMODE(st.st_mode) == 0o660
+    assert (st.st_uid, st.st_gid) == (uid, gid)
+    daemon = daemon_factory("-o", f":{gid}", name="group.sock")
+    st = os.stat(daemon.socket)
+    assert stat.S_IMODE(st.st_mode) == 0o770 and (st.st_uid, st.st_gid) == (0, gid)
+
+
+@pytest.mark.root
+def test_unprivileged_user_is_refused_at_the_socket(daemon, scratch_user, sock_dir):
+    name, uid, gid = scratch_user
+    os.chmod(sock_dir, 0o755)
+    result = subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", CAPSUDO, "-S", daemon.socket, "true"],
+        capture_output=True, timeout=10,
+    )
+    assert result.returncode == 1
+    assert result.stderr.decode() == f"capsudo: error: cannot connect to {daemon.socket}: Permission denied\n"
