@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import stat
 import subprocess
@@ -268,3 +269,37 @@ def test_unprivileged_user_is_refused_at_the_socket(daemon, scratch_user, sock_d
     )
     assert result.returncode == 1
     assert result.stderr.decode() == f"capsudo: error: cannot connect to {daemon.socket}: Permission denied\n"
+
+
+@pytest.mark.root
+def test_failed_fork_fails_the_session_and_the_daemon_keeps_serving(scratch_user, sock_dir):
+    # RLIMIT_NPROC does not bind root, so the daemon runs as a scratch user
+    # with a low limit; processes of that user started elsewhere use it up.
+    name, uid, gid = scratch_user
+    as_user = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+    os.chmod(sock_dir, 0o777)
+    path = f"{sock_dir}/nproc.sock"
+    daemon = subprocess.Popen(
+        [*as_user, CAPSUDOD, "-S", path, "-m", "0777"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NPROC, (16, 16)),
+    )
+    sleepers = []
+    try:
+        wait_for_path(path)
+        assert capsudo(path, "true").returncode == 0
+        sleepers = [subprocess.Popen([*as_user, "sleep", "60"]) for _ in range(20)]
+        time.sleep(0.3)
+        starved = capsudo(path, "true")
+        assert starved.returncode == 127
+        assert starved.stderr.decode().startswith("capsudo: error: unable to run true: ")
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
+        assert capsudo(path, "--", "echo", "again").stdout == b"again\n"
+        assert daemon.poll() is None
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+        daemon.kill()
+        daemon.wait()

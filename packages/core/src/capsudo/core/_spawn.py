@@ -68,6 +68,10 @@ async def open_plain_program(
         )
     except OSError as exc:
         raise SpawnError(exc.strerror or str(exc)) from None
+    except RuntimeError as exc:
+        # trio starts the process from a worker thread; under RLIMIT_NPROC
+        # the thread itself may be what cannot be created.
+        raise SpawnError(str(exc)) from None
     try:
         yield PlainProgram(process)
     finally:
