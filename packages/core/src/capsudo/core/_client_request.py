@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+
+TYPE_CHECKING = False  # typing and collections cost the client start-up time
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 # Forwarded from the caller's environment when set, and nothing else: the
 # program's environment belongs to the daemon.
@@ -26,13 +28,41 @@ class ClientError(Exception):
         self.status = status
 
 
-@dataclass
 class ClientRequest:
-    argv: list[str] = field(default_factory=list)
-    env_entries: list[str] = field(default_factory=list)
-    interactive: bool = False
-    stdio: tuple[int, int, int] = (0, 1, 2)
-    winsize: tuple[int, int, int, int] | None = None
+    """What a client asks a daemon for.
+
+    A plain class rather than a dataclass: importing dataclasses (and the
+    inspect, ast and re it pulls in) would cost the command line client
+    more than its whole session on a local socket.
+    """
+
+    __slots__ = ("argv", "env_entries", "interactive", "stdio", "winsize")
+
+    def __init__(
+        self,
+        argv: list[str] | None = None,
+        env_entries: list[str] | None = None,
+        interactive: bool = False,
+        stdio: tuple[int, int, int] = (0, 1, 2),
+        winsize: tuple[int, int, int, int] | None = None,
+    ) -> None:
+        self.argv = [] if argv is None else argv
+        self.env_entries = [] if env_entries is None else env_entries
+        self.interactive = interactive
+        self.stdio = stdio
+        self.winsize = winsize
+
+    def _fields(self) -> tuple:
+        return (self.argv, self.env_entries, self.interactive, self.stdio, self.winsize)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ClientRequest):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in zip(self.__slots__, self._fields()))
+        return f"ClientRequest({fields})"
 
 
 def forwarded_environment(environ: Mapping[str, str] = os.environ) -> list[str]:

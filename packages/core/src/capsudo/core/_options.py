@@ -9,7 +9,9 @@ cost start-up time or do not stop at the first operand, hence this page.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+TYPE_CHECKING = False  # typing and collections cost the client start-up time
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 
 class UsageError(Exception):

@@ -7,22 +7,37 @@ runs at the start of every command.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 from capsudo.proto import ProtocolError, lean
 from capsudo.transport import BlockingUnixConnection
 
 from ._client_request import MAX_SECRET_ATTEMPTS, SECRET_REFUSED, ClientError, ClientRequest, terminal_size
 
-SecretPrompt = Callable[[str], bytes]
+TYPE_CHECKING = False  # typing and collections cost the client start-up time
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+SecretPrompt = "Callable[[str], bytes]"
 
 
-@dataclass
 class SessionResult:
-    status: int
-    errors: list[str] = field(default_factory=list)
+    """A session's exit status and the daemon's error texts, in order.
+
+    A plain class for the reason given on ClientRequest.
+    """
+
+    __slots__ = ("status", "errors")
+
+    def __init__(self, status: int, errors: list[str] | None = None) -> None:
+        self.status = status
+        self.errors = [] if errors is None else errors
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SessionResult):
+            return NotImplemented
+        return (self.status, self.errors) == (other.status, other.errors)
+
+    def __repr__(self) -> str:
+        return f"SessionResult(status={self.status!r}, errors={self.errors!r})"
 
 
 def _handshake(request: ClientRequest, secret: bytes | None) -> bytes:
@@ -56,15 +71,16 @@ def _one_connection(path: str, request: ClientRequest, secret: bytes | None, err
             connection.send(lean.fd(3) + lean.end(), request.stdio)
         except OSError as exc:
             raise ClientError(f"connection to {path} failed during the handshake: {exc.strerror or exc}") from None
-        with _interactive(request, connection):
+        if not request.interactive:
             return _await_status(connection, errors)
+        return _await_interactive_status(request, connection, errors)
 
 
-@contextlib.contextmanager
-def _interactive(request: ClientRequest, connection: BlockingUnixConnection):
-    if not request.interactive:
-        yield
-        return
+def _await_interactive_status(request: ClientRequest, connection: BlockingUnixConnection, errors: list[str]) -> int:
+    # Imported here: contextlib (and the collections it pulls in) and the
+    # terminal are for interactive sessions only.
+    import contextlib
+
     from ._terminal import on_window_change, raw_mode, stop_on_signals
 
     def send_size() -> None:
@@ -74,7 +90,7 @@ def _interactive(request: ClientRequest, connection: BlockingUnixConnection):
                 connection.send(lean.winsize(*size))
 
     with stop_on_signals(), raw_mode(request.stdio[0]), on_window_change(send_size):
-        yield
+        return _await_status(connection, errors)
 
 
 def _await_status(connection: BlockingUnixConnection, errors: list[str]) -> int:

@@ -6,8 +6,9 @@ one-shot client that needs only `capsudo.proto.lean` never pays for construct.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING
+# Neither importlib nor typing: every `capsudo` command imports this
+# package at start-up, and those two would add milliseconds to it.
+TYPE_CHECKING = False
 
 from ._errors import ProtocolError
 from ._limits import DATA_FRAME_SIZE, DEFAULT_MAX_FRAME_PAYLOAD, MAX_CONTROL_PAYLOAD
@@ -66,7 +67,7 @@ def __getattr__(name: str):
     module = _HOME.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    value = getattr(__import__(__name__ + module, fromlist=[name]), name)
     globals()[name] = value
     return value
 

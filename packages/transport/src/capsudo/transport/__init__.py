@@ -7,8 +7,9 @@ one-shot client's blocking Unix path never imports trio.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING
+# Neither importlib nor typing: every `capsudo` command imports this
+# package at start-up, and those two would add milliseconds to it.
+TYPE_CHECKING = False
 
 __all__ = [
     "MessageChannel",
@@ -51,7 +52,7 @@ def __getattr__(name: str):
     module = _HOME.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    value = getattr(__import__(__name__ + module, fromlist=[name]), name)
     globals()[name] = value
     return value
 
