@@ -1,9 +1,11 @@
 """`capsudo -- true` end to end, against starting the same interpreter bare.
 
 Spawns the real console script (.venv/bin/capsudo) as a process and waits for
-it, ROUNDS times, interleaved with `python -c pass` on the same interpreter
-and with a bare `true`. Targets: median at most 20 ms, and at most 2.5 times
-the median of `python -c pass`.
+it, ROUNDS times, interleaved with `python -c pass` on the same interpreter,
+with bare `true`, with importing the client, and with _minimal_client.py (the
+same session in a dozen lines of standard library: the floor for any client
+written in Python). Targets: median at most 20 ms, and at most 2.5 times the
+median of `python -c pass`.
 
 Also runs the client once under `python -X importtime` and checks that the
 whole command line path (parsing, connecting, the session) imports neither
@@ -17,6 +19,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 from _harness import CAPSUDO, PYTHON, TRUE, Daemon, Verdict, median, ms, percentile, spawn_and_wait, table
 
@@ -24,6 +27,7 @@ ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 WARMUP = 10
 ABSOLUTE_TARGET = 0.020
 RELATIVE_TARGET = 2.5
+MINIMAL_CLIENT = Path(__file__).resolve().parent / "_minimal_client.py"
 HEAVY = ("trio", "construct")
 # Standard library modules that each cost the client milliseconds here and
 # that its non-interactive path does without; listed when they creep back.
@@ -50,6 +54,7 @@ def main() -> int:
         subjects = {
             "capsudo -S ENDPOINT -- true": [CAPSUDO, "-S", daemon.socket, "--", "true"],
             "python -c pass (same interpreter)": [PYTHON, "-c", "pass"],
+            "minimal Python client, same session": [PYTHON, str(MINIMAL_CLIENT), daemon.socket],
             "python -c 'import capsudo.client'": [PYTHON, "-c", "import capsudo.client"],
             f"{TRUE} (bare)": [TRUE],
         }
