@@ -21,9 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = REPO / ".venv" / "bin"
-PYTHON = str(BIN / "python")
+# The commands installed beside the interpreter running the benchmark
+# (.venv/bin/python benchmarks/...: the workspace's .venv).
+BIN = Path(sys.executable).parent
+PYTHON = sys.executable
 CAPSUDO = str(BIN / "capsudo")
 CAPSUDOD = str(BIN / "capsudod")
 TRUE = shutil.which("true") or "/bin/true"
