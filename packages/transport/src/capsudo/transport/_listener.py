@@ -18,6 +18,9 @@ import trio
 from ._owner import DEFAULT_MODE, Owner
 from ._unix import UnixChannel
 
+# sun_path holds 108 bytes, the last one a NUL: no client can reach a longer path.
+_SUN_PATH_MAX = 107
+
 
 class EndpointError(Exception):
     """The endpoint cannot be set up; the message says why, on one line."""
@@ -82,6 +85,8 @@ async def open_unix_listener(
     path: str, *, owner: Owner | None = None, mode: int = DEFAULT_MODE, backlog: int = 128, **channel_options
 ) -> UnixListener:
     path = os.path.abspath(path)
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        raise EndpointError(f"cannot listen on {path}: longer than the {_SUN_PATH_MAX} bytes a socket address holds")
     _refuse_to_clobber(path)
     directory = os.path.dirname(path)
     try:
@@ -91,7 +96,16 @@ async def open_unix_listener(
     staging = os.path.join(private, "socket")
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        await sock.bind(staging)
+        if len(os.fsencode(staging)) > _SUN_PATH_MAX:
+            # The staging directory lengthens the path: bind through a short
+            # alias of that directory, so that every path that fits works.
+            directory_fd = os.open(private, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                await sock.bind(f"/proc/self/fd/{directory_fd}/socket")
+            finally:
+                os.close(directory_fd)
+        else:
+            await sock.bind(staging)
         if owner is not None:
             os.chown(staging, -1 if owner.uid is None else owner.uid, -1 if owner.gid is None else owner.gid)
         os.chmod(staging, mode)

@@ -36,7 +36,7 @@ def parse_owner(text: str) -> Owner:
 
 
 def _lookup_user(name: str) -> tuple[int, int | None]:
-    if name.isdigit():
+    if name.isascii() and name.isdigit():
         uid = int(name)
         try:
             return uid, pwd.getpwuid(uid).pw_gid
@@ -50,7 +50,7 @@ def _lookup_user(name: str) -> tuple[int, int | None]:
 
 
 def _lookup_group(name: str) -> int:
-    if name.isdigit():
+    if name.isascii() and name.isdigit():
         return int(name)
     try:
         return grp.getgrnam(name).gr_gid

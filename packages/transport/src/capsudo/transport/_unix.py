@@ -53,22 +53,34 @@ class UnixChannel(MessageChannel):
         self.description = description or f"unix {self.peer or '?'}"
         self._send_lock = trio.Lock()
 
+    def _check_open(self) -> None:
+        if self.socket.fileno() == -1:
+            raise trio.ClosedResourceError("this channel is closed")
+
     async def send(self, message: Message, fds: Sequence[int] = ()) -> None:
         data = encode_message(message)
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         async with self._send_lock:
-            sent = await self.socket.sendmsg([data], ancillary)
-            while sent < len(data):
-                sent += await self.socket.send(data[sent:])
+            self._check_open()
+            try:
+                sent = await self.socket.sendmsg([data], ancillary)
+                while sent < len(data):
+                    sent += await self.socket.send(data[sent:])
+            except ConnectionError as exc:
+                raise trio.BrokenResourceError(f"{self.description}: {exc.strerror}") from exc
 
     async def receive(self) -> Received | None:
+        self._check_open()
         decoder = ControlDecoder(self.max_payload)
         fds: list[int] = []
         try:
             while (wanted := decoder.needed()) > 0:
-                data, ancdata, flags, _ = await self.socket.recvmsg(
-                    wanted, self._ancillary_space, socket.MSG_CMSG_CLOEXEC
-                )
+                try:
+                    data, ancdata, flags, _ = await self.socket.recvmsg(
+                        wanted, self._ancillary_space, socket.MSG_CMSG_CLOEXEC
+                    )
+                except ConnectionError as exc:
+                    raise trio.BrokenResourceError(f"{self.description}: {exc.strerror}") from exc
                 fds.extend(_fds_from_ancillary(ancdata))
                 if flags & socket.MSG_CTRUNC:
                     raise ProtocolError("the peer sent more descriptors than a message may carry")
