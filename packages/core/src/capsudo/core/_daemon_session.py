@@ -24,6 +24,9 @@ from ._spawn import RunningProgram, SpawnError, open_plain_program, signal_group
 
 CANNOT_RUN_STATUS = 127
 FAILURE_STATUS = 1
+# After a client left and its program was hung up: how long the session still
+# waits for the program's end before it lets go.
+LEFTOVER_GRACE = 1.0
 
 _LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
@@ -86,7 +89,9 @@ async def _watch_client(channel: MessageChannel, program: RunningProgram, record
 
 async def _supervise(
     channel: MessageChannel, program: RunningProgram, limits: SessionLimits, shutdown: Hangup, record: SessionRecord
-) -> int:
+) -> int | None:
+    """The program's status; None when the client left and the wait was cut short."""
+    status = None
     async with trio.open_nursery() as nursery:
 
         async def hang_up_when(wait: Callable) -> None:
@@ -96,6 +101,11 @@ async def _supervise(
         async def watch_then_hang_up() -> None:
             await _watch_client(channel, program, record)
             await _hang_up(program, limits.hangup_grace)
+            # Nobody is left to take the status, nor output still in flight
+            # (a pty relay writing to a pipe that nobody reads): that must not
+            # keep the session open.
+            await trio.sleep(LEFTOVER_GRACE)
+            nursery.cancel_scope.cancel()
 
         nursery.start_soon(watch_then_hang_up)
         nursery.start_soon(hang_up_when, shutdown.event.wait)

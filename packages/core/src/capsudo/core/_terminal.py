@@ -25,14 +25,22 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
-def _interrupt(signum, frame) -> None:
-    raise Interrupted(signum)
-
-
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Turn fatal signals into Interrupted, so `finally` blocks run."""
-    previous = {signum: signal.signal(signum, _interrupt) for signum in FATAL_SIGNALS}
+    """Turn fatal signals into Interrupted, so `finally` blocks run.
+
+    Only the first one raises: a second signal must not cut short the
+    clean-up (the terminal's restoration) that the first one started.
+    """
+    interrupted = False
+
+    def interrupt(signum, frame) -> None:
+        nonlocal interrupted
+        if not interrupted:
+            interrupted = True
+            raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in FATAL_SIGNALS}
     try:
         yield
     finally:
@@ -46,13 +54,20 @@ def raw_mode(fd: int) -> Iterator[None]:
     try:
         saved = termios.tcgetattr(fd)
     except termios.error:
+        saved = None
+    if saved is None:
         yield
         return
+    # TCSANOW both ways: keys typed ahead belong to the program (going raw)
+    # or to the shell (coming back), and a restore must never wait on output.
     try:
-        tty.setraw(fd, termios.TCSAFLUSH)
+        tty.setraw(fd, termios.TCSANOW)
         yield
     finally:
-        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
+        try:
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
+        except termios.error:
+            pass  # the terminal is gone (hung up): nothing left to restore
 
 
 @contextmanager

@@ -83,13 +83,18 @@ def _await_interactive_status(request: ClientRequest, connection: BlockingUnixCo
 
     from ._terminal import on_window_change, raw_mode, stop_on_signals
 
+    sent = request.winsize
+
     def send_size() -> None:
+        nonlocal sent
         size = terminal_size(request.stdio[1]) or terminal_size(request.stdio[0])
-        if size:
+        if size and size != sent:
             with contextlib.suppress(OSError):
                 connection.send(lean.winsize(*size))
+                sent = size
 
     with stop_on_signals(), raw_mode(request.stdio[0]), on_window_change(send_size):
+        send_size()  # a resize between the handshake and now would go unseen
         return _await_status(connection, errors)
 
 

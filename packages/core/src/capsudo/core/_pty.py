@@ -1,0 +1,558 @@
+"""The daemon's side of an interactive session: the program on a pty, relayed.
+
+The program runs in a new session whose controlling terminal is the slave of
+a fresh pty, on stdin, stdout and stderr, with no other descriptor. The
+daemon relays the client's delegated stdin to the master and the master to
+the client's delegated stdout, on the event loop and without ever changing a
+file description it shares with the client (it may be the user's terminal):
+each delegated descriptor gets a private non-blocking view of its own.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import socket
+import stat
+import struct
+import termios
+import threading
+from collections.abc import Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import trio
+from ptyprocess import PtyProcess
+
+from capsudo.proto import Winsize
+
+from ._spawn import SpawnError, signal_group
+from ._status import from_wait_status
+
+DEFAULT_ROWS, DEFAULT_COLS = 24, 80
+
+# After the program exited, what still holds the slave (a background
+# grandchild) may keep the master open forever: stop relaying once the master
+# has been silent this long, and in any case this long after the exit
+# (not counting time spent waiting for the client to take output).
+QUIET_AFTER_EXIT = 0.2
+DRAIN_BOUND = 1.0
+
+# A pty master hands out a few KiB per read; gathering reads into one large
+# write to the client costs far fewer system calls on the client's side.
+OUTPUT_BATCH = 256 * 1024
+INPUT_CHUNK = 16 * 1024
+
+# /dev/null, /dev/zero and their kin (the kernel's "mem" devices) never block.
+_MEM_MAJOR = 1
+# /dev/tty, /dev/console, /dev/ptmx: reopening one by name would reach another
+# terminal than the client's (the daemon's own, or a brand new pty).
+_TTYAUX_MAJOR = 5
+
+
+def _pack_winsize(winsize: Winsize | None) -> bytes:
+    if winsize is None or not (winsize.rows and winsize.cols):
+        return struct.pack("HHHH", DEFAULT_ROWS, DEFAULT_COLS, 0, 0)
+    return struct.pack("HHHH", winsize.rows, winsize.cols, winsize.xpixels, winsize.ypixels)
+
+
+# --- private views of the client's descriptors ---------------------------------
+
+
+class _View:
+    """One of the client's descriptors, as the relay uses it: a descriptor of
+    our own in non-blocking mode (a reopened terminal or FIFO, or a copy of
+    one the client had already made non-blocking)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def _try_read(self, size: int) -> bytes | None:
+        try:
+            return os.read(self.fd, size)
+        except BlockingIOError:
+            return None
+
+    def _try_write(self, data: memoryview) -> int | None:
+        try:
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return None
+
+    async def wait_readable(self) -> None:
+        await trio.lowlevel.wait_readable(self.fd)
+
+    async def _wait_writable(self) -> None:
+        await trio.lowlevel.wait_writable(self.fd)
+
+    async def read_ready(self, size: int) -> bytes | None:
+        """After wait_readable: the bytes, b"" at the end, None for "not yet"."""
+        try:
+            return self._try_read(size)
+        except OSError as exc:
+            if exc.errno == errno.EIO:  # a terminal that hung up: its input is over
+                return b""
+            raise
+
+    async def write_all(self, data: memoryview) -> None:
+        while data:
+            written = self._try_write(data)
+            if written is None:
+                await self._wait_writable()
+            else:
+                data = data[written:]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            trio.lowlevel.notify_closing(fd)
+            os.close(fd)
+
+
+class _PlainView(_View):
+    """Regular files and the mem devices: reads and writes do not block, and
+    epoll refuses them. Should the client have made one non-blocking (where
+    that means anything), "not now" is answered by retrying a little later."""
+
+    _backoff = False
+
+    async def wait_readable(self) -> None:
+        if self._backoff:
+            self._backoff = False
+            await trio.sleep(0.01)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def _wait_writable(self) -> None:
+        await trio.sleep(0.01)
+
+    async def read_ready(self, size: int) -> bytes | None:
+        data = await super().read_ready(size)
+        self._backoff = data is None
+        return data
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
+class _SocketView(_View):
+    """A socket: MSG_DONTWAIT on each call leaves the shared description alone."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd)
+        # Without a default timeout, wrapping does not touch O_NONBLOCK.
+        self._socket = socket.socket(fileno=fd)
+
+    def _try_read(self, size: int) -> bytes | None:
+        try:
+            return self._socket.recv(size, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+
+    def _try_write(self, data: memoryview) -> int | None:
+        try:
+            return self._socket.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        except BlockingIOError:
+            return None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            trio.lowlevel.notify_closing(self.fd)
+            self.fd = -1
+            self._socket.close()
+
+
+class _ThreadedView(_View):
+    """Anything else: blocking calls in a worker thread, abandoned on cancel.
+
+    An abandoned call may still run when the view is closed, so the
+    descriptor is closed by whoever finishes last: its number must not be
+    reused under a call still in flight.
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd)
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._closing = False
+
+    def _call(self, function, *args):
+        # Counted here, in the thread, so that a call cancelled before its
+        # thread started leaves nothing behind.
+        with self._lock:
+            if self._closing:
+                raise trio.ClosedResourceError
+            self._busy += 1
+        try:
+            while True:
+                try:
+                    return function(self.fd, *args)
+                except BlockingIOError:
+                    # Made non-blocking by someone else, and not pollable.
+                    threading.Event().wait(0.01)
+        finally:
+            with self._lock:
+                self._busy -= 1
+                last = self._closing and self._busy == 0
+            if last:
+                os.close(self.fd)
+
+    async def _run(self, function, *args):
+        return await trio.to_thread.run_sync(self._call, function, *args, abandon_on_cancel=True)
+
+    async def wait_readable(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def read_ready(self, size: int) -> bytes | None:
+        try:
+            return await self._run(os.read, size)
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return b""
+            raise
+
+    async def write_all(self, data: memoryview) -> None:
+        while data:
+            data = data[await self._run(os.write, data) :]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            idle = self._busy == 0
+        if idle:
+            os.close(self.fd)
+
+
+def _open_view(fd: int, reading: bool) -> _View:
+    """A view of the client's descriptor that can never block the event loop,
+    and that leaves the client's own file description exactly as it was."""
+    info = os.fstat(fd)
+    mode = info.st_mode
+    if stat.S_ISREG(mode) or (stat.S_ISCHR(mode) and os.major(info.st_rdev) == _MEM_MAJOR):
+        return _PlainView(os.dup(fd))
+    if stat.S_ISSOCK(mode):
+        return _SocketView(os.dup(fd))
+    reopenable = stat.S_ISFIFO(mode) or (
+        stat.S_ISCHR(mode) and os.major(info.st_rdev) != _TTYAUX_MAJOR and os.isatty(fd)
+    )
+    if reopenable:
+        # A new open file description of the same terminal or pipe: setting
+        # O_NONBLOCK on it cannot reach the client's.
+        flags = (os.O_RDONLY if reading else os.O_WRONLY) | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        try:
+            private = os.open(f"/proc/self/fd/{fd}", flags)
+        except OSError:
+            pass  # not ours to open (another user's pipe, no /proc): see below
+        else:
+            reopened = os.fstat(private)
+            if (reopened.st_dev, reopened.st_ino, reopened.st_rdev) == (info.st_dev, info.st_ino, info.st_rdev):
+                return _View(private)
+            os.close(private)
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
+            # Already non-blocking on the client's side: use it as it is.
+            return _View(os.dup(fd))
+    return _ThreadedView(os.dup(fd))
+
+
+# --- starting the program ------------------------------------------------------
+
+
+def _spawn(executable: str, argv: Sequence[str], env: Mapping[str, str], winsize: bytes) -> tuple[int, int]:
+    """Start the program on a new pty; (pid, master). Raises SpawnError."""
+    argv = list(argv)
+    env = dict(env)
+    rows, cols = struct.unpack("HHHH", winsize)[:2]
+
+    def exec_program() -> None:
+        # In the child, after ptyprocess made the slave our controlling
+        # terminal in a new session on 0, 1 and 2 and closed every other
+        # descriptor. Exec'ing here keeps argv[0] as the client asked (as a
+        # non-interactive session does) instead of ptyprocess's resolved path.
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(signum, signal.SIG_DFL)
+        fcntl.ioctl(0, termios.TIOCSWINSZ, winsize)
+        try:
+            os.execve(executable, argv, env)
+        except OSError as exc:
+            # ptyprocess passes the text to the parent, which raises it there.
+            raise Exception(exc.strerror or str(exc)) from None
+
+    spawned: list[PtyProcess] = []
+
+    class _Spawned(PtyProcess):
+        def __init__(self, pid: int, fd: int) -> None:
+            super().__init__(pid, fd)
+            spawned.append(self)
+
+        def __del__(self) -> None:
+            # PtyProcess.__del__ would sleep and signal: the session owns the
+            # program's lifetime.
+            pass
+
+        def setwinsize(self, rows: int, cols: int) -> None:
+            # The child already set the whole size, pixels included, before exec.
+            pass
+
+    try:
+        process = _Spawned.spawn([executable, *argv[1:]], env=env, dimensions=(rows, cols), preexec_fn=exec_program)
+    except Exception as exc:
+        for child in spawned:
+            os.waitpid(child.pid, 0)  # it exits right after reporting
+            child.fileobj.close()
+        if isinstance(exc, OSError) and not spawned:
+            reason = exc.strerror or _exec_failure(executable)
+        else:
+            reason = str(exc)
+        raise SpawnError(reason) from None
+    try:
+        master = os.dup(process.fd)
+    finally:
+        process.fileobj.close()
+        process.closed = True
+    os.set_blocking(master, False)
+    return process.pid, master
+
+
+def _exec_failure(executable: str) -> str:
+    try:
+        os.stat(executable)
+    except OSError as exc:
+        return exc.strerror or "cannot run"
+    return os.strerror(errno.EACCES)
+
+
+# --- the running program ---------------------------------------------------------
+
+
+class PtyProgram:
+    """A program on a pty. `wait()` runs the relay: the session calls it once,
+    right away, and it returns when the program exited and its output has
+    been relayed."""
+
+    def __init__(self, pid: int, pidfd: int, master: int, source: _View, sink: _View) -> None:
+        self.pid = pid
+        self._pidfd = pidfd
+        self._master = master
+        self._source = source
+        self._sink = sink
+        self._status: int | None = None
+        self._exited = trio.Event()
+        self._exit_time = 0.0
+        self._drain_deadline = 0.0
+        self._idle: trio.CancelScope | None = None
+        self._sink_broken = False
+        self._at_line_start = True
+        self._relaying = False
+        self._done = trio.Event()
+
+    async def wait(self) -> int:
+        """The status, once the program exited and what it wrote was relayed."""
+        if not self._relaying:
+            self._relaying = True
+            await self._relay()
+            self._done.set()
+        await self._done.wait()
+        assert self._status is not None
+        return self._status
+
+    def resize(self, winsize: Winsize) -> None:
+        """Set the terminal's size; the kernel signals the foreground group."""
+        if self._master >= 0 and winsize.rows and winsize.cols:
+            try:
+                fcntl.ioctl(self._master, termios.TIOCSWINSZ, _pack_winsize(winsize))
+            except OSError:
+                pass
+
+    # Three tasks; none waits for another except through events, and none
+    # raises for anything the program or the client did.
+
+    async def _relay(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reap)
+            input_scope = trio.CancelScope()
+
+            async def relay_input() -> None:
+                with input_scope:
+                    await self._relay_input()
+
+            nursery.start_soon(relay_input)
+            await self._relay_output()
+            await self._exited.wait()
+            # Not one more byte of the client's input: it belongs to whatever
+            # reads the client's terminal next.
+            input_scope.cancel()
+
+    async def _reap(self) -> None:
+        if not self._exited.is_set():
+            await trio.lowlevel.wait_readable(self._pidfd)
+            try:
+                _, wait_status = os.waitpid(self.pid, 0)
+            except ChildProcessError:  # reaped behind our back: no status to report
+                wait_status = 1 << 8
+            self._status = from_wait_status(wait_status)
+            self._exit_time = trio.current_time()
+            self._drain_deadline = self._exit_time + DRAIN_BOUND
+            self._exited.set()
+        if self._idle is not None:
+            self._idle.cancel()
+
+    async def _relay_output(self) -> None:
+        master = self._master
+        view = memoryview(bytearray(OUTPUT_BATCH))
+        while True:
+            filled = 0
+            ended = False
+            # Read before waiting: while output flows the master is usually ready.
+            while filled < OUTPUT_BATCH:
+                try:
+                    count = os.readv(master, (view[filled:],))
+                except BlockingIOError:
+                    break
+                except OSError:
+                    count = 0  # EIO: every holder of the slave has closed it
+                if count == 0:
+                    ended = True
+                    break
+                filled += count
+            if filled:
+                await self._deliver(view[:filled])
+            if ended:
+                return
+            if self._exited.is_set():
+                if trio.current_time() >= self._drain_deadline:
+                    return
+                if filled:
+                    continue
+                # Something still holds the slave (a background grandchild):
+                # give it a short moment, then end without it.
+                with trio.move_on_at(min(trio.current_time() + QUIET_AFTER_EXIT, self._drain_deadline)):
+                    await trio.lowlevel.wait_readable(master)
+                    continue
+                return
+            if not filled:
+                with trio.CancelScope() as self._idle:
+                    await trio.lowlevel.wait_readable(master)
+                self._idle = None
+
+    async def _deliver(self, data: memoryview) -> None:
+        if self._sink_broken:
+            return
+        started = trio.current_time()
+        try:
+            await self._sink.write_all(data)
+        except (OSError, trio.ClosedResourceError):
+            # The client's stdout is gone; keep draining so that the program
+            # is never stuck on a full terminal.
+            self._sink_broken = True
+        if self._exited.is_set():
+            # Waiting for the client to take output does not count against the drain.
+            self._drain_deadline += trio.current_time() - max(started, self._exit_time)
+
+    async def _relay_input(self) -> None:
+        source = self._source
+        try:
+            while not self._exited.is_set():
+                # Read only what the terminal can take now: a byte read and not
+                # delivered would be a keystroke stolen from the client.
+                await trio.lowlevel.wait_writable(self._master)
+                await source.wait_readable()
+                if self._exited.is_set():
+                    return
+                data = await source.read_ready(INPUT_CHUNK)
+                if data is None:
+                    continue
+                if not data:
+                    await self._end_of_input()
+                    return
+                await self._write_master(data)
+        except (OSError, trio.ClosedResourceError):
+            return  # the client's stdin failed, or the terminal went away
+
+    async def _write_master(self, data: bytes) -> None:
+        pending = memoryview(data)
+        while pending:
+            try:
+                written = os.write(self._master, pending)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._master)
+                continue
+            pending = pending[written:]
+        self._at_line_start = data[-1:] in (b"\n", b"\r")
+
+    async def _end_of_input(self) -> None:
+        """The client's input ended: the program reads end-of-file, as after ^D."""
+        try:
+            attributes = termios.tcgetattr(self._master)
+        except termios.error:
+            return
+        eof = attributes[6][termios.VEOF]
+        if isinstance(eof, int):
+            eof = bytes([eof])
+        if eof == b"\0":  # disabled: this terminal has no end-of-file character
+            return
+        canonical = attributes[3] & termios.ICANON
+        # In canonical mode a first ^D only hands over a pending partial line.
+        await self._write_master(eof * 2 if canonical and not self._at_line_start else eof)
+
+    async def _stop(self) -> None:
+        """Kill the program if it still runs, and reap it."""
+        if not self._exited.is_set():
+            signal_group(self.pid, signal.SIGKILL)
+            await self._reap()
+
+    def _close(self) -> None:
+        for fd in (self._master, self._pidfd):
+            if fd >= 0:
+                trio.lowlevel.notify_closing(fd)
+                os.close(fd)
+        self._master = self._pidfd = -1
+        self._source.close()
+        self._sink.close()
+
+
+@asynccontextmanager
+async def open_pty_program(
+    executable: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    stdio_fds: Sequence[int],
+    winsize: Winsize | None,
+) -> AsyncIterator[PtyProgram]:
+    """Start argv on a new pty relayed to the client's stdin and stdout.
+
+    The client's stderr is not used: the program's stderr is the terminal.
+    Leaving the context before the program ended kills its process group.
+    Raises SpawnError when the program cannot be started.
+    """
+    views: list[_View] = []
+    try:
+        views.append(_open_view(stdio_fds[0], reading=True))
+        views.append(_open_view(stdio_fds[1], reading=False))
+        pid, master = _spawn(executable, argv, env, _pack_winsize(winsize))
+    except BaseException:
+        for view in views:
+            view.close()
+        raise
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as exc:
+        signal_group(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(master)
+        for view in views:
+            view.close()
+        raise SpawnError(f"cannot watch the program: {exc.strerror}") from None
+    program = PtyProgram(pid, pidfd, master, views[0], views[1])
+    try:
+        yield program
+    finally:
+        with trio.CancelScope(shield=True):
+            await program._stop()
+        program._close()

@@ -1,0 +1,375 @@
+"""The daemon-side pty: open_pty_program driven directly, without a daemon.
+
+The client's descriptors are stood in for by pipes, sockets and files made
+here; the tests read what the program wrote where a client would.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+
+import pytest
+import trio
+
+from capsudo.core import _pty
+from capsudo.core._pty import _open_view, _PlainView, _SocketView, _ThreadedView, _View, open_pty_program
+from capsudo.core._spawn import SpawnError
+from capsudo.proto import Winsize
+
+SH = shutil.which("sh")
+
+
+class Drain:
+    """Reads a descriptor to its end in a thread, like a client's terminal would."""
+
+    def __init__(self, fd: int, delay: float = 0.0) -> None:
+        self.fd = fd
+        self.data = bytearray()
+        self.delay = delay
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            if self.delay:
+                time.sleep(self.delay)
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                break
+            self.data += chunk
+        os.close(self.fd)
+
+    def result(self, timeout: float = 10.0) -> bytes:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the output never reached end-of-file"
+        return bytes(self.data)
+
+
+async def _append(results: list, awaitable) -> None:
+    results.append(await awaitable)
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def run(
+    script: str,
+    stdin: bytes | None = b"",
+    winsize: Winsize | None = None,
+    argv0: str = "sh",
+) -> tuple[int, bytes]:
+    """Run `sh -c script` on a pty with pipes as the client's descriptors.
+
+    stdin: what the client types, then end-of-file (None: the client's
+    stdin stays open and silent).
+    """
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    if stdin is not None:
+        os.write(in_w, stdin)
+        os.close(in_w)
+    drain = Drain(out_r)
+    try:
+        async with open_pty_program(SH, [argv0, "-c", script], {"PATH": os.environ["PATH"]}, [in_r, out_w, out_w], winsize) as program:
+            os.close(in_r)
+            os.close(out_w)
+            in_r = out_w = -1
+            with trio.fail_after(20):
+                status = await program.wait()
+    finally:
+        for fd in (in_r, out_w) + ((in_w,) if stdin is None else ()):
+            if fd >= 0:
+                os.close(fd)
+    return status, drain.result()
+
+
+async def test_output_is_relayed_completely():
+    status, output = await run("seq 1 100000")
+    assert status == 0
+    lines = output.split(b"\r\n")
+    assert lines[-1] == b""
+    assert lines[:-1] == [str(n).encode() for n in range(1, 100001)]
+
+
+@pytest.mark.parametrize("script, status", [("exit 0", 0), ("exit 3", 3), ("kill -9 $$", 137), ("kill -TERM $$", 143)])
+async def test_status(script, status):
+    assert (await run(script))[0] == status
+
+
+async def test_the_program_has_the_terminal_and_nothing_else():
+    script = (
+        "[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo terminals; "
+        "echo sid=$(ps -o sid= -p $$ | tr -d ' ') pid=$$; "
+        "echo tpgid=$(ps -o tpgid= -p $$ | tr -d ' '); "
+        "echo fds:; ls /proc/$$/fd; "
+        "echo to-stderr >&2"
+    )
+    status, output = await run(script)
+    text = output.decode()
+    assert status == 0
+    assert "terminals" in text
+    fields = dict(word.split("=") for line in text.splitlines() for word in line.split() if "=" in word)
+    assert fields["sid"] == fields["pid"] == fields["tpgid"]  # its own session, in the foreground
+    listed = text.split("fds:\r\n")[1].split("\r\n")[0]
+    assert listed.split() == ["0", "1", "2"]  # no descriptor but the terminal
+    assert "to-stderr" in text  # stderr folds into the terminal
+
+
+async def test_argv0_is_kept():
+    status, output = await run('echo "$0"', argv0="my-name")
+    assert output == b"my-name\r\n"
+
+
+@pytest.mark.parametrize("winsize, expected", [(None, b"24 80"), (Winsize(30, 100, 640, 480), b"30 100")])
+async def test_initial_size(winsize, expected):
+    assert (await run("stty size", winsize=winsize))[1] == expected + b"\r\n"
+
+
+async def test_resize_signals_the_program_and_does_not_end_the_session():
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    drain = Drain(out_r)
+    script = 'trap "stty size" WINCH; echo ready; while :; do read -r line && [ "$line" = stop ] && exit 7; done'
+    statuses = []
+    async with open_pty_program(SH, ["sh", "-c", script], {}, [in_r, out_w, out_w], Winsize(24, 80)) as program:
+        os.close(in_r)
+        os.close(out_w)
+        async with trio.open_nursery() as nursery:
+            # wait() runs the relay, as the daemon's session does from the start.
+            nursery.start_soon(lambda: _append(statuses, program.wait()))
+            with trio.fail_after(5):
+                while b"ready" not in drain.data:
+                    await trio.sleep(0.01)
+            for rows, cols in ((40, 132), (50, 100)):
+                program.resize(Winsize(rows, cols))
+                expected = f"{rows} {cols}".encode()
+                with trio.fail_after(5):
+                    while expected not in drain.data:
+                        await trio.sleep(0.01)
+            os.write(in_w, b"stop\n")
+            with trio.fail_after(5):
+                while not statuses:
+                    await trio.sleep(0.01)
+    assert statuses == [7]
+    os.close(in_w)
+    assert b"40 132" in drain.result() and b"50 100" in drain.data
+
+
+async def test_end_of_input_reaches_the_program():
+    status, output = await run("cat", stdin=b"hi\n")
+    assert status == 0
+    assert output == b"hi\r\nhi\r\n"  # the terminal's echo, then cat's copy
+
+
+async def test_end_of_input_after_a_partial_line():
+    status, output = await run("cat; echo end", stdin=b"no newline")
+    assert status == 0
+    assert output.endswith(b"no newline\r\nend\r\n") or output.endswith(b"no newlineend\r\n")
+
+
+async def test_end_of_input_when_stdin_is_empty():
+    assert await run("cat; echo after", stdin=b"") == (0, b"after\r\n")
+
+
+async def test_a_background_grandchild_does_not_keep_the_session_open():
+    started = time.monotonic()
+    # The subshell ignores the hang-up the kernel sends when the program exits,
+    # and keeps the terminal open.
+    status, output = await run('(trap "" HUP; exec sleep 30) & sleep 0.3; echo done; exit 4')
+    elapsed = time.monotonic() - started
+    assert (status, output) == (4, b"done\r\n")
+    assert elapsed < 0.3 + _pty.DRAIN_BOUND + 0.5
+
+
+async def test_a_grandchild_that_keeps_writing_does_not_keep_the_session_open():
+    started = time.monotonic()
+    status, output = await run('(trap "" HUP; while :; do echo spam || exit; done) & sleep 0.3; echo done')
+    elapsed = time.monotonic() - started
+    assert status == 0
+    assert b"done\r\n" in output
+    assert elapsed < 0.3 + _pty.DRAIN_BOUND + 1.0
+
+
+async def test_slow_client_loses_nothing_even_after_the_program_exited():
+    # The client takes its output slowly: the relay waits for it, and the
+    # drain bound does not cut the tail off.
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.close(in_w)
+    drain = Drain(out_r, delay=0.05)
+    async with open_pty_program(SH, ["sh", "-c", "seq 1 60000"], {}, [in_r, out_w, out_w], None) as program:
+        os.close(in_r)
+        os.close(out_w)
+        with trio.fail_after(30):
+            assert await program.wait() == 0
+    assert drain.result().split(b"\r\n")[-2] == b"60000"
+
+
+async def test_client_descriptors_stay_blocking():
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    drain = Drain(out_r)
+    async with open_pty_program(SH, ["sh", "-c", "read x; echo got $x"], {}, [in_r, out_w, out_w], None) as program:
+        assert os.get_blocking(in_r) and os.get_blocking(out_w)
+        os.write(in_w, b"it\n")
+        assert await program.wait() == 0
+        assert os.get_blocking(in_r) and os.get_blocking(out_w)
+    for fd in (in_r, in_w, out_w):
+        os.close(fd)
+    assert drain.result().endswith(b"got it\r\n")
+
+
+async def test_sockets_as_the_clients_descriptors():
+    client_in, daemon_in = socket.socketpair()
+    client_out, daemon_out = socket.socketpair()
+    client_in.sendall(b"over a socket\n")
+    client_in.shutdown(socket.SHUT_WR)
+    drain = Drain(os.dup(client_out.fileno()))
+    client_out.close()
+    fds = [daemon_in.fileno(), daemon_out.fileno(), daemon_out.fileno()]
+    async with open_pty_program(SH, ["sh", "-c", "cat"], {}, fds, None) as program:
+        daemon_in.close()
+        daemon_out.close()
+        assert await program.wait() == 0
+    client_in.close()
+    assert drain.result() == b"over a socket\r\nover a socket\r\n"
+
+
+async def test_regular_files_as_the_clients_descriptors(tmp_path):
+    source = tmp_path / "in"
+    source.write_bytes(b"".join(b"line %d\n" % n for n in range(2000)))
+    sink = tmp_path / "out"
+    in_fd = os.open(source, os.O_RDONLY)
+    out_fd = os.open(sink, os.O_WRONLY | os.O_CREAT, 0o600)
+    async with open_pty_program(SH, ["sh", "-c", "stty -echo; wc -l"], {}, [in_fd, out_fd, out_fd], None) as program:
+        os.close(in_fd)
+        os.close(out_fd)
+        with trio.fail_after(10):
+            assert await program.wait() == 0
+    assert sink.read_bytes().split() == [b"2000"]
+
+
+async def test_dev_null_as_stdin_and_stdout():
+    null = os.open(os.devnull, os.O_RDWR)
+    async with open_pty_program(SH, ["sh", "-c", "cat; seq 1 1000; exit 5"], {}, [null, null, null], None) as program:
+        os.close(null)
+        with trio.fail_after(10):
+            assert await program.wait() == 5
+
+
+async def test_views_by_kind(tmp_path):  # closing a view tells trio's loop
+    r, w = os.pipe()
+    a, b = socket.socketpair()
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    regular = os.open(path, os.O_RDONLY)
+    null = os.open(os.devnull, os.O_RDONLY)
+    views = []
+    try:
+        views.append(_open_view(r, True))
+        assert type(views[-1]) is _View and views[-1].fd != r
+        assert not os.get_blocking(views[-1].fd) and os.get_blocking(r)  # a new description, not the client's
+        views.append(_open_view(a.fileno(), True))
+        assert isinstance(views[-1], _SocketView) and os.get_blocking(a.fileno())
+        views.append(_open_view(regular, True))
+        assert isinstance(views[-1], _PlainView)
+        views.append(_open_view(null, True))
+        assert isinstance(views[-1], _PlainView)
+    finally:
+        for view in views:
+            view.close()
+        for fd in (r, w, regular, null):
+            os.close(fd)
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("client_nonblocking", [True, False])
+async def test_when_reopening_is_refused(monkeypatch, client_nonblocking):
+    """Another user's pipe cannot be reopened: the client's own description is
+    used if it is non-blocking already, else blocking calls in a thread; either
+    way nothing is lost and nothing of the client's changes."""
+    real_open = os.open
+
+    def refuse_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc/self/fd/"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(_pty.os, "open", refuse_proc)
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    for fd in (in_r, out_w):
+        os.set_blocking(fd, not client_nonblocking)
+    view = _open_view(out_w, False)
+    assert isinstance(view, _View if client_nonblocking else _ThreadedView)
+    view.close()
+    drain = Drain(out_r, delay=0.01)  # slow: the pipe fills, writes meet EAGAIN
+    script = "read x; echo got $x; seq 1 30000"
+    async with open_pty_program(SH, ["sh", "-c", script], {}, [in_r, out_w, out_w], None) as program:
+        os.write(in_w, b"x" * 20 + b"\n")
+        with trio.fail_after(30):
+            assert await program.wait() == 0
+        assert os.get_blocking(out_w) is not client_nonblocking
+    for fd in (in_r, in_w, out_w):
+        os.close(fd)
+    output = drain.result()
+    assert output.split(b"\r\n")[-2] == b"30000"
+
+
+async def test_program_that_cannot_start(tmp_path):
+    before = fd_count()
+    null = os.open(os.devnull, os.O_RDWR)
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\0\1\2\3")
+    garbage.chmod(0o755)
+    with pytest.raises(SpawnError, match="Exec format error"):  # fails in the child, after the fork
+        async with open_pty_program(str(garbage), ["garbage"], {}, [null, null, null], None):
+            pass
+    with pytest.raises(SpawnError, match="No such file or directory|Permission denied"):
+        async with open_pty_program("/nonexistent/program", ["program"], {}, [null, null, null], None):
+            pass
+    not_executable = tmp_path / "not-executable"
+    not_executable.write_text("#!/bin/sh\n")
+    not_executable.chmod(0o644)
+    with pytest.raises(SpawnError, match="Permission denied"):
+        async with open_pty_program(str(not_executable), ["x"], {}, [null, null, null], None):
+            pass
+    os.close(null)
+    assert fd_count() == before
+    try:
+        zombie = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        zombie = None
+    assert zombie is None  # the child that failed to exec was reaped
+
+
+async def test_leaving_early_kills_the_program_group():
+    null = os.open(os.devnull, os.O_RDWR)
+    async with open_pty_program(SH, ["sh", "-c", "sleep 60 & sleep 60"], {}, [null, null, null], None) as program:
+        os.close(null)
+        await trio.sleep(0.2)
+        pgid = program.pid
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the orphaned sleep is reaped by init
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        await trio.sleep(0.02)
+    pytest.fail("the program's process group outlived the session")
+
+
+async def test_no_descriptor_leaks():
+    await run("true")
+    before = fd_count()
+    for script in ("true", "seq 1 1000", "exit 3", "cat"):
+        await run(script, stdin=b"x\n")
+    assert fd_count() == before
