@@ -27,6 +27,32 @@ __all__ = [
     "open_unix_listener",
     "EndpointError",
     "BlockingUnixConnection",
+    # the multiplexed byte channel
+    "MuxChannel",
+    "MuxConnection",
+    "MuxStream",
+    "DEFAULT_STREAM_BUFFER",
+    "DEFAULT_EXIT_GRACE",
+    "SESSION_DIRECTIONS",
+    "default_directions",
+    "DescriptorView",
+    "open_view",
+    # endpoints
+    "Endpoint",
+    "UnixEndpoint",
+    "TcpEndpoint",
+    "TlsEndpoint",
+    "VsockEndpoint",
+    "SshEndpoint",
+    "parse_endpoint",
+    "connect_endpoint",
+    "open_listener",
+    "Listener",
+    "NetworkListener",
+    "TlsListener",
+    "exposure_warning",
+    "TlsOptions",
+    "TlsHandshakeError",
 ]
 
 _HOME = {
@@ -45,6 +71,23 @@ _HOME = {
     "open_unix_listener": "._listener",
     "EndpointError": "._listener",
     "BlockingUnixConnection": "._blocking_unix",
+    "MuxConnection": "._mux",
+    "MuxStream": "._mux",
+    "DEFAULT_STREAM_BUFFER": "._mux",
+    "MuxChannel": "._mux_channel",
+    "DEFAULT_EXIT_GRACE": "._mux_channel",
+    "SESSION_DIRECTIONS": "._mux_channel",
+    "default_directions": "._mux_channel",
+    "DescriptorView": "._fdstream",
+    "open_view": "._fdstream",
+    **dict.fromkeys(
+        ["Endpoint", "UnixEndpoint", "TcpEndpoint", "TlsEndpoint", "VsockEndpoint", "SshEndpoint",
+         "parse_endpoint", "connect_endpoint", "open_listener", "Listener", "NetworkListener",
+         "TlsListener", "exposure_warning"],
+        "._endpoints",
+    ),
+    "TlsOptions": "._tls",
+    "TlsHandshakeError": "._tls",
 }
 
 
@@ -65,6 +108,13 @@ if TYPE_CHECKING:
     from ._blocking_unix import BlockingUnixConnection
     from ._channel import MessageChannel, Received, close_fds
     from ._credentials import PeerCredentials, peer_credentials
+    from ._endpoints import (Endpoint, Listener, NetworkListener, SshEndpoint, TcpEndpoint,
+                             TlsEndpoint, TlsListener, UnixEndpoint, VsockEndpoint, connect_endpoint,
+                             exposure_warning, open_listener, parse_endpoint)
+    from ._fdstream import DescriptorView, open_view
     from ._listener import EndpointError, UnixListener, open_unix_listener
+    from ._mux import DEFAULT_STREAM_BUFFER, MuxConnection, MuxStream
+    from ._mux_channel import DEFAULT_EXIT_GRACE, SESSION_DIRECTIONS, MuxChannel, default_directions
     from ._owner import DEFAULT_MODE, Owner, parse_mode, parse_owner
+    from ._tls import TlsHandshakeError, TlsOptions
     from ._unix import UnixChannel, connect_unix
