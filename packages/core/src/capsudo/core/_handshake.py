@@ -25,6 +25,8 @@ class Request:
     kind: SessionKind = SessionKind.NON_INTERACTIVE
     winsize: Winsize | None = None
     fds: list[int] = field(default_factory=list)
+    # Kept only so a proxy can pass it on to a front-end; a daemon ignores it.
+    secret: bytes | None = field(default=None, repr=False)
 
     @property
     def interactive(self) -> bool:
@@ -81,7 +83,7 @@ async def read_request(channel: MessageChannel, limits: SessionLimits) -> Reques
             elif isinstance(message, Winsize):
                 request.winsize = message
             elif isinstance(message, Secret):
-                pass  # meant for a password front-end, which has already checked it
+                request.secret = message.secret
             elif isinstance(message, End):
                 if not request.fds:
                     raise HandshakeError("no descriptors were delegated before End")

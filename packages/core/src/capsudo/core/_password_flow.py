@@ -1,0 +1,58 @@
+"""The client's password flow, shared by every transport.
+
+A front-end answers a first connection with Unauthorized; the client asks
+for the secret and reconnects with it first. A refused secret is asked for
+again, three tries in all, like sudo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ._client_request import MAX_SECRET_ATTEMPTS, SECRET_REFUSED, ClientError
+
+SecretPrompt = Callable[[str], bytes]
+
+
+class Challenged(Exception):
+    """The endpoint answered Unauthorized with this prompt."""
+
+    def __init__(self, prompt: str) -> None:
+        super().__init__(prompt)
+        self.prompt = prompt
+
+
+class PasswordFlow:
+    """What to do after each connection: finish, or reconnect with a secret."""
+
+    def __init__(self, ask_secret: SecretPrompt | None, on_retry: Callable[[], None] | None = None) -> None:
+        self._ask_secret = ask_secret
+        self._on_retry = on_retry
+        self._prompt = ""
+        self._attempts = 0
+        self.secret: bytes | None = None
+
+    def challenged(self, prompt: str) -> None:
+        """Unauthorized arrived: ask for the secret to send next time."""
+        if self._ask_secret is None:
+            raise ClientError("the endpoint asks for a password, and there is no way to ask for one")
+        if self.secret is not None:
+            raise ClientError("the endpoint refused the password without checking it")
+        self._prompt = prompt
+        self._ask()
+
+    def finished(self, status: int, errors: list[str]) -> bool:
+        """A connection ended with a status; False means reconnect with a new secret."""
+        if self.secret is None or errors != [SECRET_REFUSED]:
+            return True
+        if self._attempts >= MAX_SECRET_ATTEMPTS:
+            raise ClientError(f"{MAX_SECRET_ATTEMPTS} incorrect password attempts")
+        if self._on_retry is not None:
+            self._on_retry()
+        self._ask()
+        return False
+
+    def _ask(self) -> None:
+        assert self._ask_secret is not None
+        self.secret = self._ask_secret(self._prompt)
+        self._attempts += 1

@@ -1,0 +1,111 @@
+"""Serving many sessions on a listener: the accept loop shared by the daemons.
+
+Sessions run side by side; past `max_sessions` a client is told so and
+turned away at once. When accept() runs out of resources (descriptors,
+memory) the loop backs off instead of spinning. SIGTERM, SIGINT or SIGHUP
+stop it: no more accepting, running sessions are asked to hang up, and those
+still around after the grace are cancelled.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from capsudo.proto import Error, Exit
+from capsudo.transport import MessageChannel
+
+# accept() failures that mean "out of resources right now": back off and retry.
+_PRESSURE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+PRESSURE_BACKOFF = 0.1
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+ServeOne = Callable[[MessageChannel], Awaitable[object]]
+
+
+class Logger:
+    def __init__(self, program: str) -> None:
+        self.program = program
+
+    def __call__(self, line: str) -> None:
+        sys.stderr.write(f"{self.program}: {line}\n")
+        sys.stderr.flush()
+
+
+async def turn_away(channel: MessageChannel, reason: str) -> None:
+    """Tell a client why it cannot be served, and close."""
+    with trio.move_on_after(1):
+        try:
+            await channel.send(Error(reason))
+            await channel.send(Exit(1))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+    with trio.CancelScope(shield=True):
+        await channel.aclose()
+
+
+async def serve_connections(
+    listener,
+    serve_one: ServeOne,
+    *,
+    log: Logger,
+    max_sessions: int,
+    on_stop: Callable[[], None],
+    stop_grace: float,
+) -> None:
+    """Accept and serve until a stop signal; `serve_one` returns the session's log line."""
+    slots = trio.CapacityLimiter(max_sessions)
+
+    async def run_one(channel: MessageChannel) -> None:
+        try:
+            outcome = await serve_one(channel)
+        finally:
+            slots.release_on_behalf_of(channel)
+        log(str(outcome))
+
+    async with trio.open_nursery() as sessions:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            async with trio.open_nursery() as accepting:
+
+                async def stop_on_signal() -> None:
+                    async for signum in signals:
+                        log(f"{signal.Signals(signum).name}: stopping, hanging up running programs")
+                        accepting.cancel_scope.cancel()
+                        return
+
+                async def accept_loop() -> None:
+                    under_pressure = False
+                    while True:
+                        try:
+                            channel = await listener.accept()
+                        except OSError as exc:
+                            if exc.errno not in _PRESSURE:
+                                raise
+                            if not under_pressure:
+                                log(f"cannot accept connections: {exc.strerror}; retrying")
+                            under_pressure = True
+                            await trio.sleep(PRESSURE_BACKOFF)
+                            continue
+                        if under_pressure:
+                            log("accepting connections again")
+                            under_pressure = False
+                        try:
+                            slots.acquire_on_behalf_of_nowait(channel)
+                        except trio.WouldBlock:
+                            log(f"session {channel.peer or channel.description} refused: "
+                                f"{max_sessions} sessions already running")
+                            sessions.start_soon(turn_away, channel,
+                                                f"too many sessions (limit {max_sessions}); try again later")
+                            continue
+                        sessions.start_soon(run_one, channel)
+
+                accepting.start_soon(stop_on_signal)
+                accepting.start_soon(accept_loop)
+        await listener.aclose()
+        on_stop()
+        # What has not ended by the grace (plus a moment) is cut off.
+        sessions.cancel_scope.deadline = trio.current_time() + stop_grace + 1
