@@ -1,0 +1,73 @@
+"""`capsudo-proxy [-o user[:group]] [-m mode] -S LISTEN TARGET` and `capsudo-proxy --stdio TARGET`"""
+
+from __future__ import annotations
+
+import sys
+
+from capsudo.core import UsageError
+
+USAGE = """\
+usage: capsudo-proxy [-o user[:group]] [-m mode] [options] -S LISTEN TARGET
+       capsudo-proxy [options] --stdio TARGET
+
+Expose the capability at TARGET on another endpoint: every session that
+arrives at LISTEN is forwarded to TARGET, whatever the two transports are
+(a path or unix:///path, tcp://HOST:PORT, tls://HOST:PORT, vsock://CID:PORT).
+The proxy adds no authority: it reaches only TARGET, and whoever can reach
+LISTEN holds what TARGET grants. A daemon behind it sees the proxy as its peer;
+the proxy logs the original one.
+
+  -S LISTEN              where to listen
+  --stdio                serve one session on stdin/stdout as the accepting
+                         side of a multiplexed channel (what ssh:// runs)
+  -o user[:group]        owner of a Unix LISTEN socket
+  -m mode                octal permissions of a Unix LISTEN socket (default 0770)
+  --tls-cert F, --tls-key F, --tls-client-ca F
+                         certificate, key and client CA for a tls:// LISTEN
+  --target-tls-cert F, --target-tls-key F, --target-tls-ca F
+                         for a tls:// TARGET (default: $CAPSUDO_TLS_CERT,
+                         $CAPSUDO_TLS_KEY, $CAPSUDO_TLS_CA)
+  --max-sessions N       sessions at once (default 256)
+  --handshake-timeout S  seconds a client has to send its request (default 10)
+  -h                     show this help
+"""
+
+SHORT = {"S": True, "o": True, "m": True, "h": False}
+LONG = {
+    "help": False,
+    "stdio": False,
+    "tls-cert": True,
+    "tls-key": True,
+    "tls-client-ca": True,
+    "target-tls-cert": True,
+    "target-tls-key": True,
+    "target-tls-ca": True,
+    "max-sessions": True,
+    "handshake-timeout": True,
+}
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"capsudo-proxy: {message}\n")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ._settings import parse_command_line
+
+    try:
+        settings = parse_command_line(sys.argv[1:] if argv is None else argv, SHORT, LONG)
+    except UsageError as exc:
+        sys.stderr.write(f"capsudo-proxy: {exc} (see capsudo-proxy -h)\n")
+        return 2
+    if settings is None:
+        sys.stdout.write(USAGE)
+        return 0
+
+    import trio
+
+    from ._serve import serve_stdio, serve_listening
+
+    if settings.stdio:
+        return trio.run(serve_stdio, settings)
+    return trio.run(serve_listening, settings)

@@ -1,0 +1,161 @@
+"""Forwarding one session from the channel it arrived on to the target endpoint.
+
+The proxy reads the client's whole handshake first, with the same checks and
+limits a daemon applies, so a bad message is refused here and never reaches
+the target; only then does it connect and replay the request. Afterwards it
+relays window sizes one way and the outcome the other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from capsudo.core._handshake import HandshakeError, Request, read_request
+from capsudo.core._limits import SessionLimits
+from capsudo.proto import (Arg, End, Env, Error, Exit, Fd, ProtocolError, Secret, SessionType, Unauthorized,
+                           Winsize)
+from capsudo.transport import MessageChannel, UnixChannel
+
+_LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+ConnectTarget = Callable[[], Awaitable[MessageChannel]]
+
+
+@dataclass
+class ForwardRecord:
+    """One line of the proxy's log: who came in, where it went, how it ended."""
+
+    peer: str
+    target: str
+    status: int | None = None
+    outcome: str = "ok"
+    duration: float = 0.0
+
+    def __str__(self) -> str:
+        status = "-" if self.status is None else str(self.status)
+        return (f"session from {self.peer} to {self.target} status={status} "
+                f"outcome={self.outcome} duration={self.duration:.3f}s")
+
+
+async def _send_quietly(channel: MessageChannel, *messages) -> None:
+    try:
+        for message in messages:
+            await channel.send(message)
+    except _LINK_ERRORS:
+        pass
+
+
+async def _replay(target: MessageChannel, request: Request) -> None:
+    if request.secret is not None:
+        await target.send(Secret(request.secret))
+    for entry in request.env_entries:
+        await target.send(Env(entry))
+    for value in request.argv:
+        await target.send(Arg(value))
+    await target.send(SessionType(request.kind))
+    if request.winsize is not None:
+        await target.send(request.winsize)
+    await target.send(Fd(len(request.fds)), request.fds)
+    if isinstance(target, UnixChannel):
+        # The daemon holds the descriptors now; ours would hold back end-of-file.
+        request.close_fds()
+    await target.send(End())
+
+
+async def _relay_window_sizes(client: MessageChannel, target: MessageChannel, record: ForwardRecord) -> None:
+    while True:
+        try:
+            received = await client.receive()
+        except (ProtocolError, *_LINK_ERRORS):
+            received = None
+        if received is None:
+            if record.status is None:
+                record.outcome = "client hung up"
+            return
+        if isinstance(received.message, Winsize):
+            await target.send(received.message)
+
+
+async def _relay_outcome(target: MessageChannel, client: MessageChannel, record: ForwardRecord) -> None:
+    while True:
+        try:
+            received = await target.receive()
+        except ProtocolError as exc:
+            record.outcome = f"target sent a bad reply: {exc}"
+            await _send_quietly(client, Error(f"the capability's daemon sent a bad reply: {exc}"), Exit(1))
+            return
+        except _LINK_ERRORS:
+            received = None
+        if received is None:
+            if record.status is None:
+                record.outcome = "target closed without a status"
+            return
+        message = received.message
+        if isinstance(message, (Error, Unauthorized)):
+            await client.send(message)
+        elif isinstance(message, Exit):
+            record.status = message.status
+            await client.send(message)
+            return
+
+
+async def forward_session(
+    client: MessageChannel, connect_target: ConnectTarget, target_name: str, limits: SessionLimits
+) -> ForwardRecord:
+    """Serve one client by forwarding it; never raises for anything a peer did."""
+    record = ForwardRecord(peer=str(client.peer) if client.peer else client.description, target=target_name)
+    started = time.monotonic()
+    try:
+        await _forward(client, connect_target, limits, record)
+    finally:
+        record.duration = time.monotonic() - started
+        with trio.CancelScope(shield=True):
+            await client.aclose()
+    return record
+
+
+async def _forward(client: MessageChannel, connect_target: ConnectTarget, limits: SessionLimits,
+                   record: ForwardRecord) -> None:
+    try:
+        with trio.fail_after(limits.handshake_timeout):
+            request = await read_request(client, limits)
+    except trio.TooSlowError:
+        record.outcome = "refused: handshake timed out"
+        return await _send_quietly(client, Error(f"handshake not completed within {limits.handshake_timeout:g}s"), Exit(1))
+    except (HandshakeError, ProtocolError) as exc:
+        record.outcome = f"refused: {exc}"
+        return await _send_quietly(client, Error(str(exc)), Exit(1))
+    except _LINK_ERRORS as exc:
+        record.outcome = f"connection lost during handshake: {exc}"
+        return
+    if request is None:
+        record.outcome = "client left before End"
+        return
+    try:
+        try:
+            target = await connect_target()
+        except Exception as exc:  # EndpointError, OSError: anything that kept us from the target
+            record.outcome = f"target unreachable: {exc}"
+            return await _send_quietly(client, Error(f"capsudo-proxy: {exc}"), Exit(1))
+        async with target:
+            try:
+                await _replay(target, request)
+                async with trio.open_nursery() as nursery:
+
+                    async def follow_client() -> None:
+                        await _relay_window_sizes(client, target, record)
+                        # The client left: dropping the target hangs its program up.
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(follow_client)
+                    await _relay_outcome(target, client, record)
+                    nursery.cancel_scope.cancel()
+            except* _LINK_ERRORS as group:
+                if record.status is None:
+                    record.outcome = f"link lost: {group.exceptions[0]}"
+    finally:
+        request.close_fds()
