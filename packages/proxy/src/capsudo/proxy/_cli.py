@@ -12,7 +12,8 @@ usage: capsudo-proxy [-o user[:group]] [-m mode] [options] -S LISTEN TARGET
 
 Expose the capability at TARGET on another endpoint: every session that
 arrives at LISTEN is forwarded to TARGET, whatever the two transports are
-(a path or unix:///path, tcp://HOST:PORT, tls://HOST:PORT, vsock://CID:PORT).
+(a path or unix:///path, tcp://HOST:PORT, tls://HOST:PORT, vsock://CID:PORT,
+and, for TARGET only, ssh://[USER@]HOST[:PORT]/PATH).
 The proxy adds no authority: it reaches only TARGET, and whoever can reach
 LISTEN holds what TARGET grants. A daemon behind it sees the proxy as its peer;
 the proxy logs the original one.
@@ -29,6 +30,9 @@ the proxy logs the original one.
                          $CAPSUDO_TLS_KEY, $CAPSUDO_TLS_CA)
   --max-sessions N       sessions at once (default 256)
   --handshake-timeout S  seconds a client has to send its request (default 10)
+  --max-items N          arguments and environment entries a request may carry
+                         (default 65536)
+  --max-bytes N          their total size in bytes (default 4194304)
   -h                     show this help
 """
 
@@ -44,6 +48,8 @@ LONG = {
     "target-tls-ca": True,
     "max-sessions": True,
     "handshake-timeout": True,
+    "max-items": True,
+    "max-bytes": True,
 }
 
 

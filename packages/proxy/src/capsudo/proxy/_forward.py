@@ -80,27 +80,36 @@ async def _relay_window_sizes(client: MessageChannel, target: MessageChannel, re
             await target.send(received.message)
 
 
-async def _relay_outcome(target: MessageChannel, client: MessageChannel, record: ForwardRecord) -> None:
+def _lost(target_name: str, exc: BaseException) -> str:
+    text = str(exc)
+    # An ssh:// target already names itself in its errors.
+    return f"capsudo-proxy: {text}" if target_name in text else f"capsudo-proxy: connection to {target_name} lost: {text}"
+
+
+async def _relay_outcome(target: MessageChannel, client: MessageChannel, record: ForwardRecord) -> str | None:
+    """Relay replies until Exit; the error to give the client when the target failed instead."""
     while True:
         try:
             received = await target.receive()
         except ProtocolError as exc:
             record.outcome = f"target sent a bad reply: {exc}"
-            await _send_quietly(client, Error(f"the capability's daemon sent a bad reply: {exc}"), Exit(1))
-            return
-        except _LINK_ERRORS:
-            received = None
+            return f"capsudo-proxy: the capability's daemon sent a bad reply: {exc}"
+        except _LINK_ERRORS as exc:
+            # Without this the client would only learn that its connection
+            # closed early, not that the hop behind us broke, nor why.
+            record.outcome = f"link to the target lost: {exc}"
+            return _lost(record.target, exc)
         if received is None:
             if record.status is None:
                 record.outcome = "target closed without a status"
-            return
+            return None
         message = received.message
         if isinstance(message, (Error, Unauthorized)):
             await client.send(message)
         elif isinstance(message, Exit):
             record.status = message.status
             await client.send(message)
-            return
+            return None
 
 
 async def forward_session(
@@ -125,22 +134,24 @@ async def _forward(client: MessageChannel, connect_target: ConnectTarget, limits
             request = await read_request(client, limits)
     except trio.TooSlowError:
         record.outcome = "refused: handshake timed out"
-        return await _send_quietly(client, Error(f"handshake not completed within {limits.handshake_timeout:g}s"), Exit(1))
+        return await _send_quietly(client, Error(f"capsudo-proxy: handshake not completed within {limits.handshake_timeout:g}s"), Exit(1))
     except (HandshakeError, ProtocolError) as exc:
         record.outcome = f"refused: {exc}"
-        return await _send_quietly(client, Error(str(exc)), Exit(1))
+        return await _send_quietly(client, Error(f"capsudo-proxy: {exc}"), Exit(1))
     except _LINK_ERRORS as exc:
         record.outcome = f"connection lost during handshake: {exc}"
         return
     if request is None:
         record.outcome = "client left before End"
         return
+    failure = None
     try:
         try:
             target = await connect_target()
         except Exception as exc:  # EndpointError, OSError: anything that kept us from the target
             record.outcome = f"target unreachable: {exc}"
-            return await _send_quietly(client, Error(f"capsudo-proxy: {exc}"), Exit(1))
+            failure = f"capsudo-proxy: {exc}"
+            return
         async with target:
             try:
                 await _replay(target, request)
@@ -152,10 +163,15 @@ async def _forward(client: MessageChannel, connect_target: ConnectTarget, limits
                         nursery.cancel_scope.cancel()
 
                     nursery.start_soon(follow_client)
-                    await _relay_outcome(target, client, record)
+                    failure = await _relay_outcome(target, client, record)
                     nursery.cancel_scope.cancel()
             except* _LINK_ERRORS as group:
                 if record.status is None:
                     record.outcome = f"link lost: {group.exceptions[0]}"
+                    failure = _lost(record.target, group.exceptions[0])
     finally:
+        # Descriptors first: over a multiplexed client channel, its output
+        # streams must reach their end before an Exit can follow them.
         request.close_fds()
+        if failure is not None:
+            await _send_quietly(client, Error(failure), Exit(1))

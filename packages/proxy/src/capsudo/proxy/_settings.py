@@ -71,6 +71,12 @@ def parse_command_line(argv, short, long) -> ProxySettings | None:
                                values.get("--tls-client-ca"), "--tls-cert/--tls-key/--tls-client-ca")
     if "--max-sessions" in values:
         settings.max_sessions = _positive("--max-sessions", values["--max-sessions"])
+    limits = {}
     if "--handshake-timeout" in values:
-        settings.limits = SessionLimits(handshake_timeout=_positive("--handshake-timeout", values["--handshake-timeout"], float))
+        limits["handshake_timeout"] = _positive("--handshake-timeout", values["--handshake-timeout"], float)
+    if "--max-items" in values:
+        limits["max_items"] = _positive("--max-items", values["--max-items"])
+    if "--max-bytes" in values:
+        limits["max_bytes"] = _positive("--max-bytes", values["--max-bytes"])
+    settings.limits = SessionLimits(**limits)
     return settings

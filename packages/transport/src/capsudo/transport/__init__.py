@@ -44,6 +44,8 @@ __all__ = [
     "TlsEndpoint",
     "VsockEndpoint",
     "SshEndpoint",
+    "SshChannel",
+    "ssh_command_line",
     "parse_endpoint",
     "connect_endpoint",
     "open_listener",
@@ -88,6 +90,8 @@ _HOME = {
     ),
     "TlsOptions": "._tls",
     "TlsHandshakeError": "._tls",
+    "SshChannel": "._ssh",
+    "ssh_command_line": "._ssh",
 }
 
 
@@ -115,6 +119,7 @@ if TYPE_CHECKING:
     from ._listener import EndpointError, UnixListener, open_unix_listener
     from ._mux import DEFAULT_STREAM_BUFFER, MuxConnection, MuxStream
     from ._mux_channel import DEFAULT_EXIT_GRACE, SESSION_DIRECTIONS, MuxChannel, default_directions
+    from ._ssh import SshChannel, ssh_command_line
     from ._owner import DEFAULT_MODE, Owner, parse_mode, parse_owner
     from ._tls import TlsHandshakeError, TlsOptions
     from ._unix import UnixChannel, connect_unix

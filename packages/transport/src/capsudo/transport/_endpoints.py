@@ -8,8 +8,9 @@
     ssh://[USER@]HOST[:PORT]/PATH  a Unix socket on another host, reached over ssh
 
 A Unix endpoint gives a UnixChannel; every other one a MuxChannel, "dialing"
-on the side that connects and "accepting" on the side that listens. ssh://
-endpoints parse here but are reached through capsudo-proxy.
+on the side that connects and "accepting" on the side that listens. An
+ssh:// endpoint runs the system's ssh, which starts `capsudo-proxy --stdio`
+on the far side (see _ssh.py); it can only be connected to.
 
 A TLS listener does its handshakes in the background, several at once and
 each within a time limit, so a client that connects and says nothing holds
@@ -262,10 +263,9 @@ async def connect_endpoint(
         except OSError as exc:
             raise EndpointError(f"cannot connect to {endpoint.path}: {_reason(exc)}") from None
     if isinstance(endpoint, SshEndpoint):
-        raise EndpointError(
-            f"cannot connect to {endpoint}: ssh:// endpoints are reached through capsudo-proxy, "
-            "which this installation does not provide yet"
-        )
+        from ._ssh import connect_ssh
+
+        return await connect_ssh(endpoint, **channel_options)
     if isinstance(endpoint, VsockEndpoint):
         stream = await connect_vsock(endpoint.cid, endpoint.port, str(endpoint))
         return MuxChannel(stream, "dialing", description=f"vsock {endpoint.cid}:{endpoint.port}", **channel_options)
