@@ -31,7 +31,12 @@ async def serve_listening(settings: ProxySettings) -> int:
     warning = exposure_warning(settings.listen)
     if warning and settings.listen_tls is None:
         log(warning)
-    log(f"forwarding {settings.listen} to {settings.target}")
+    # A network listener asked for port 0 names the port it got, for whoever chains to it.
+    bound = getattr(listener, "address", None)
+    listening = settings.listen
+    if isinstance(bound, tuple) and hasattr(listening, "host"):
+        listening = type(listening)(listening.host, bound[1])
+    log(f"forwarding {listening} to {settings.target}")
     connect = _connector(settings)
 
     async def serve_one(channel):

@@ -1,0 +1,258 @@
+"""capsudo-proxy with the real commands: chains of proxies, the stdio bridge, bad input, a target that is down."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from capsudo.proto import Arg, End, Error, Exit, Fd, SessionKind, SessionType
+from capsudo.transport import MuxChannel, connect_unix
+
+from .daemon_process import CAPSUDO, capsudo
+from .proxy_process import CAPSUDO_PROXY, start_proxy
+
+# Says something on both outputs, echoes its input, and exits with a status of its own.
+PINNED = ["-f", "--", "sh", "-c", "echo pinned-out; echo pinned-err >&2; cat; exit 7"]
+
+
+@pytest.fixture
+def proxies(sock_dir):
+    started = []
+
+    def start(listen: str, target: str, *options: str, name: str):
+        proxy = start_proxy(listen, target, *options, log_path=Path(sock_dir) / f"{name}.log")
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        if proxy.process.poll() is None:
+            proxy.process.kill()
+            proxy.process.wait()
+
+
+def _session_lines(daemon) -> list[str]:
+    return [line for line in daemon.log().splitlines() if line.startswith("capsudod: session ")]
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def chain(daemon_factory, proxies, sock_dir):
+    """capsudod on a Unix socket <- proxy tcp:// on loopback <- proxy on a local Unix socket."""
+    daemon = daemon_factory(*PINNED)
+    far = proxies("tcp://127.0.0.1:0", f"unix://{daemon.socket}", name="far")
+    near = proxies(f"{sock_dir}/near.sock", far.listen, name="near")
+    return daemon, far, near
+
+
+def test_unix_tcp_unix_chain_runs_the_pinned_command(chain):
+    daemon, far, near = chain
+    payload = b"through two proxies\n" * 5000
+    result = capsudo(near.listen, "--", "rm", "-rf", "/", input=payload)
+    assert result.returncode == 7, result.stderr
+    assert result.stdout == b"pinned-out\n" + payload
+    assert result.stderr == b"pinned-err\n"
+
+
+def test_each_hop_logs_its_own_peer_and_the_daemon_sees_the_proxy(chain):
+    daemon, far, near = chain
+    client = subprocess.Popen(
+        [CAPSUDO, "-S", near.listen],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    client.communicate(timeout=30)
+    assert client.returncode == 7
+    _wait_for(lambda: near.session_lines() and far.session_lines() and _session_lines(daemon))
+    # The original peer is logged at the proxy it reached...
+    assert f"session from pid={client.pid} uid={os.getuid()}" in near.session_lines()[0]
+    assert "status=7" in near.session_lines()[0]
+    # ...the next hop sees the first proxy's TCP connection...
+    assert "session from tcp 127.0.0.1:" in far.session_lines()[0]
+    # ...and the daemon sees the last proxy as its peer, never the client.
+    assert f"pid={far.process.pid} " in _session_lines(daemon)[0]
+
+
+def test_unix_to_unix_with_owner_and_mode(daemon_factory, proxies, sock_dir):
+    daemon = daemon_factory(*PINNED)
+    proxy = proxies(f"{sock_dir}/exposed.sock", daemon.socket, "-m", "0700", name="exposed")
+    info = os.stat(proxy.listen)
+    assert stat.S_ISSOCK(info.st_mode)
+    assert stat.S_IMODE(info.st_mode) == 0o700
+    result = capsudo(proxy.listen, input=b"unix to unix\n")
+    assert (result.returncode, result.stdout, result.stderr) == (7, b"pinned-out\nunix to unix\n", b"pinned-err\n")
+
+
+@pytest.mark.root
+def test_owner_of_the_listener(daemon_factory, proxies, sock_dir, scratch_user):
+    name, uid, gid = scratch_user
+    daemon = daemon_factory(*PINNED)
+    proxy = proxies(f"{sock_dir}/owned.sock", daemon.socket, "-o", f"{name}:{name}", "-m", "0660", name="owned")
+    info = os.stat(proxy.listen)
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (uid, gid, 0o660)
+
+
+def test_channel_to_channel(daemon_factory, proxies, sock_dir):
+    daemon = daemon_factory(*PINNED)
+    far = proxies("tcp://127.0.0.1:0", daemon.socket, name="far")
+    middle = proxies("tcp://127.0.0.1:0", far.listen, name="middle")
+    near = proxies(f"{sock_dir}/near.sock", middle.listen, name="near")
+    result = capsudo(near.listen, input=b"three hops\n")
+    assert (result.returncode, result.stdout, result.stderr) == (7, b"pinned-out\nthree hops\n", b"pinned-err\n")
+
+
+# ---- the stdio bridge --------------------------------------------------------------------
+
+
+async def _session_over_stdio_bridge(target: str, stdin_data: bytes, env=None) -> tuple[int, bytes, bytes, list[str]]:
+    """Run `capsudo-proxy --stdio target` and one session through it as the dialing side."""
+    process = await trio.lowlevel.open_process([CAPSUDO_PROXY, "--stdio", target], stdin=subprocess.PIPE,
+                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    channel = MuxChannel(trio.StapledStream(process.stdin, process.stdout), "dialing")
+    in_read, in_write = os.pipe()
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    os.write(in_write, stdin_data)
+    os.close(in_write)
+    errors = []
+    try:
+        async with channel:
+            await channel.send(Arg("ignored"))
+            await channel.send(SessionType(SessionKind.NON_INTERACTIVE))
+            await channel.send(Fd(3), [in_read, out_write, err_write])
+            await channel.send(End())
+            while True:
+                received = await channel.receive()
+                assert received is not None, "the bridge closed without an exit status"
+                if isinstance(received.message, Error):
+                    errors.append(received.message.text)
+                if isinstance(received.message, Exit):
+                    status = received.message.status
+                    break
+    finally:
+        for fd in (in_read, out_write, err_write):
+            os.close(fd)
+    with os.fdopen(out_read, "rb") as out, os.fdopen(err_read, "rb") as err:
+        stdout, stderr = out.read(), err.read()
+    with trio.fail_after(20):
+        await process.wait()
+    return status, stdout, stderr, errors
+
+
+async def test_stdio_bridge_serves_one_session(daemon_factory):
+    daemon = daemon_factory(*PINNED)
+    status, stdout, stderr, errors = await _session_over_stdio_bridge(f"unix://{daemon.socket}", b"over stdio\n")
+    assert (status, stdout, stderr, errors) == (7, b"pinned-out\nover stdio\n", b"pinned-err\n", [])
+
+
+async def test_stdio_bridge_with_its_target_down_says_why(sock_dir):
+    status, stdout, _, errors = await _session_over_stdio_bridge(f"unix://{sock_dir}/absent.sock", b"")
+    assert status == 1 and stdout == b""
+    assert errors == [f"capsudo-proxy: cannot connect to {sock_dir}/absent.sock: No such file or directory"]
+
+
+# ---- bad input is refused at the hop it reaches ------------------------------------------
+
+
+def _refused_by(proxy, daemon, text: str) -> None:
+    _wait_for(lambda: proxy.session_lines())
+    assert "outcome=refused: " in proxy.session_lines()[-1], proxy.log()
+    assert text in proxy.session_lines()[-1]
+    assert _session_lines(daemon) == [], "bad input reached the daemon"
+
+
+async def _exchange_unix(path: str, messages) -> list:
+    channel = await connect_unix(path)
+    replies = []
+    async with channel:
+        for message, fds in messages:
+            await channel.send(message, fds)
+        while (received := await channel.receive()) is not None:
+            replies.append(received.message)
+    return replies
+
+
+async def test_bad_request_is_refused_at_the_unix_hop(chain):
+    daemon, far, near = chain
+    read_end, write_end = os.pipe()
+    try:
+        # No End after the refused Fd: the proxy answers at once, and unread bytes would reset the socket.
+        replies = await _exchange_unix(near.listen, [(Arg("x"), []), (Fd(2), [read_end, write_end])])
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert replies == [Error("capsudo-proxy: expected 3 descriptors (stdin, stdout, stderr), got 2"), Exit(1)]
+    _refused_by(near, daemon, "expected 3 descriptors")
+    assert far.session_lines() == []
+
+
+def test_garbage_is_refused_at_the_unix_hop(chain):
+    daemon, far, near = chain
+    with socket.socket(socket.AF_UNIX) as raw:
+        raw.connect(near.listen)
+        raw.sendall(b"\xff" * 64)
+        raw.settimeout(20)
+        reply = raw.recv(4096)
+    assert b"capsudo-proxy: " in reply
+    _refused_by(near, daemon, "")
+    assert far.session_lines() == []
+
+
+def test_garbage_is_refused_at_the_tcp_hop(chain):
+    daemon, far, near = chain
+    host, port = far.listen.removeprefix("tcp://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=20) as raw:
+        # A frame of an unknown kind (9), stream 0, empty payload.
+        raw.sendall(struct.pack("<BII", 9, 0, 0))
+        raw.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := raw.recv(4096):
+            received += chunk
+    assert b"capsudo-proxy: " in received
+    _refused_by(far, daemon, "")
+    # The chain still serves everyone else.
+    result = capsudo(near.listen, input=b"still here\n")
+    assert (result.returncode, result.stdout) == (7, b"pinned-out\nstill here\n")
+
+
+def test_oversized_request_is_refused_by_the_proxys_own_limit(chain, proxies, sock_dir):
+    daemon, far, _ = chain
+    strict = proxies(f"{sock_dir}/strict.sock", far.listen, "--max-items", "3", name="strict")
+    result = capsudo(strict.listen, "--", "a", "b", "c", "d", env={"PATH": os.environ["PATH"]})
+    assert result.returncode == 1
+    assert result.stderr == b"capsudo: error: capsudo-proxy: too many arguments and environment entries (limit 3)\n"
+    _refused_by(strict, daemon, "too many arguments")
+
+
+# ---- a target that is down -----------------------------------------------------------------
+
+
+def test_proxy_whose_unix_target_is_down_says_so(proxies, sock_dir):
+    proxy = proxies(f"{sock_dir}/front.sock", f"{sock_dir}/absent.sock", name="front")
+    result = capsudo(proxy.listen, "--", "true")
+    assert result.returncode == 1
+    assert result.stderr == (f"capsudo: error: capsudo-proxy: cannot connect to {sock_dir}/absent.sock: "
+                             "No such file or directory\n").encode()
+
+
+def test_proxy_whose_tcp_hop_went_away_says_so(chain):
+    daemon, far, near = chain
+    far.stop()
+    result = capsudo(near.listen, "--", "true")
+    assert result.returncode == 1
+    line = result.stderr.decode()
+    assert line.startswith(f"capsudo: error: capsudo-proxy: cannot connect to {far.listen}: ")
+    assert "refused" in line and line.count("\n") == 1
