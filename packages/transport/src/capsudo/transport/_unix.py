@@ -16,6 +16,10 @@ from ._credentials import peer_credentials
 # Room for more descriptors than any message may carry, so a peer that sends
 # too many is told so instead of having the extra ones silently dropped.
 DEFAULT_MAX_FDS = 8
+# The most one read asks for: recvmsg allocates its whole buffer up front, so
+# asking for all a header announces would let a peer's length field, not the
+# bytes it sent, decide how much is allocated on every read.
+READ_CHUNK = 64 * 1024
 
 
 def _fds_from_ancillary(ancdata) -> list[int]:
@@ -77,7 +81,7 @@ class UnixChannel(MessageChannel):
             while (wanted := decoder.needed()) > 0:
                 try:
                     data, ancdata, flags, _ = await self.socket.recvmsg(
-                        wanted, self._ancillary_space, socket.MSG_CMSG_CLOEXEC
+                        min(wanted, READ_CHUNK), self._ancillary_space, socket.MSG_CMSG_CLOEXEC
                     )
                 except ConnectionError as exc:
                     raise trio.BrokenResourceError(f"{self.description}: {exc.strerror}") from exc
