@@ -64,19 +64,25 @@ class _Unauthorized(Exception):
 
 def _one_connection(path: str, request: ClientRequest, secret: bytes | None, errors: list[str]) -> int:
     with _connect(path) as connection:
-        try:
-            connection.send(_handshake(request, secret))
-            # The descriptors ride alone on the Fd message, so the daemon can
-            # tell which message carried them.
-            connection.send(lean.fd(3) + lean.end(), request.stdio)
-        except OSError as exc:
-            raise ClientError(f"connection to {path} failed during the handshake: {exc.strerror or exc}") from None
         if not request.interactive:
+            _send_request(path, connection, request, secret)
             return _await_status(connection, errors)
-        return _await_interactive_status(request, connection, errors)
+        return _interactive_session(path, connection, request, secret, errors)
 
 
-def _await_interactive_status(request: ClientRequest, connection: BlockingUnixConnection, errors: list[str]) -> int:
+def _send_request(path: str, connection: BlockingUnixConnection, request: ClientRequest, secret: bytes | None) -> None:
+    try:
+        connection.send(_handshake(request, secret))
+        # The descriptors ride alone on the Fd message, so the daemon can
+        # tell which message carried them.
+        connection.send(lean.fd(3) + lean.end(), request.stdio)
+    except OSError as exc:
+        raise ClientError(f"connection to {path} failed during the handshake: {exc.strerror or exc}") from None
+
+
+def _interactive_session(
+    path: str, connection: BlockingUnixConnection, request: ClientRequest, secret: bytes | None, errors: list[str]
+) -> int:
     # Imported here: contextlib (and the collections it pulls in) and the
     # terminal are for interactive sessions only.
     import contextlib
@@ -93,9 +99,15 @@ def _await_interactive_status(request: ClientRequest, connection: BlockingUnixCo
                 connection.send(lean.winsize(*size))
                 sent = size
 
-    with stop_on_signals(), raw_mode(request.stdio[0]), on_window_change(send_size):
-        send_size()  # a resize between the handshake and now would go unseen
-        return _await_status(connection, errors)
+    # Raw before the descriptors leave: the program may write (and read) the
+    # moment it starts, and must never meet the terminal in cooked mode.
+    # A password challenge leaves this block, and the terminal restored,
+    # before the secret is asked for.
+    with stop_on_signals(), raw_mode(request.stdio[0]):
+        _send_request(path, connection, request, secret)
+        with on_window_change(send_size):
+            send_size()  # a resize between the handshake and now would go unseen
+            return _await_status(connection, errors)
 
 
 def _await_status(connection: BlockingUnixConnection, errors: list[str]) -> int:

@@ -1,0 +1,432 @@
+"""Interactive sessions end to end: a real capsudod, the real capsudo client,
+and a real terminal around the client (a pty driven by pexpect).
+
+The program's pty is the daemon's; the terminal here is the caller's. What is
+checked is what a person at that terminal would see: prompts and answers,
+sizes, the terminal's settings after the session, statuses, and what happens
+to the program when the client or the daemon goes away.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import termios
+import time
+
+import pexpect
+import pytest
+
+from .daemon_process import CAPSUDO, capsudo
+
+pytestmark = pytest.mark.terminal
+
+# Generous: two shared cores, other suites running beside this one.
+EXPECT_TIMEOUT = 20
+
+
+def terminal_env(**extra: str) -> dict[str, str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TERM": "xterm", "LANG": "C"}
+    env.update(extra)
+    return env
+
+
+def spawn_client(socket: str, *argv: str, rows: int = 24, cols: int = 80, **env: str) -> pexpect.spawn:
+    """capsudo on a terminal of its own, as if typed at a shell."""
+    return pexpect.spawn(
+        CAPSUDO,
+        ["-S", socket, *argv],
+        env=terminal_env(**env),
+        dimensions=(rows, cols),
+        timeout=EXPECT_TIMEOUT,
+    )
+
+
+def finish(child: pexpect.spawn) -> int:
+    """Wait for the client's end on its terminal; its exit status."""
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.signalstatus is None, f"the client died of signal {child.signalstatus}"
+    return child.exitstatus
+
+
+class OuterShell:
+    """A shell on a terminal, from which capsudo is run like a user would."""
+
+    PROMPT = "outer-ready> "
+
+    def __init__(self, socket: str) -> None:
+        self.socket = socket
+        self.child = pexpect.spawn(
+            "sh", env=terminal_env(PS1=self.PROMPT), dimensions=(24, 80), timeout=EXPECT_TIMEOUT
+        )
+        self.child.expect_exact(self.PROMPT)
+
+    def run(self, line: str) -> None:
+        self.child.sendline(line)
+
+    def prompt(self) -> None:
+        self.child.expect_exact(self.PROMPT)
+
+    def settings(self) -> str:
+        """`stty -g` of this terminal, as the shell reads it."""
+        self.run('echo "<<$(stty -g)>>"')
+        self.child.expect(r"<<([0-9a-f:]+)>>")
+        value = self.child.match.group(1).decode()
+        self.prompt()
+        return value
+
+    def status(self) -> int:
+        self.child.expect(r"status=(\d+)")
+        value = int(self.child.match.group(1))
+        self.prompt()
+        return value
+
+    def in_raw_mode(self) -> bool:
+        # tcgetattr on the master reads the terminal's settings as the client set them.
+        lflag = termios.tcgetattr(self.child.child_fd)[3]
+        return not lflag & (termios.ICANON | termios.ECHO)
+
+    def close(self) -> None:
+        self.child.close(force=True)
+
+
+@pytest.fixture
+def outer_shell(daemon):
+    shell = OuterShell(daemon.socket)
+    yield shell
+    shell.close()
+
+
+def session_line(daemon, needle: str, timeout: float = 10.0) -> str:
+    """The daemon's log line for the session whose argv contains needle."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in daemon.log().splitlines() if " session " in f" {line}" and needle in line]
+        if lines:
+            return lines[-1]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no session line with {needle!r} in the log:\n{daemon.log()}")
+        time.sleep(0.05)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pid: int, timeout: float) -> float:
+    """Seconds until pid is no longer running; fails after timeout."""
+    start = time.monotonic()
+    while pid_alive(pid):
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"process {pid} still runs after {timeout}s")
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+# --- typing into the program ------------------------------------------------------
+
+
+def test_prompt_and_typed_answer(daemon):
+    child = spawn_client(daemon.socket, "--", "sh", "-c", 'printf "name? "; read x; echo "hello $x"')
+    child.expect_exact("name? ")
+    child.sendline("world")
+    child.expect_exact("hello world")
+    assert finish(child) == 0
+
+
+def test_program_terminal_is_not_the_clients(daemon):
+    child = spawn_client(daemon.socket, "--", "tty")
+    child.expect(r"(/dev/pts/\d+)")
+    program_tty = child.match.group(1).decode()
+    client_tty = os.readlink(f"/proc/{child.pid}/fd/0")
+    assert program_tty != client_tty
+    assert finish(child) == 0
+
+
+def test_control_characters_reach_the_program_as_signals(daemon):
+    # ^C typed at the caller's terminal goes through raw mode to the pty,
+    # whose line discipline turns it into SIGINT for the program.
+    child = spawn_client(daemon.socket, "--", "sh", "-c", "echo ready; exec sleep 100")
+    child.expect_exact("ready")
+    child.sendcontrol("c")
+    assert finish(child) == 128 + signal.SIGINT
+
+
+# --- window size -------------------------------------------------------------------
+
+
+def test_resize_reaches_the_program_and_does_not_end_the_session(daemon):
+    child = spawn_client(
+        daemon.socket, "--", "sh", "-c", 'while read line; do echo "size=$(stty size)"; done; echo finished',
+        rows=24, cols=80,
+    )
+    child.sendline("")
+    child.expect_exact("size=24 80")
+    child.setwinsize(40, 132)
+    # The new size travels on the session's socket, the keystrokes through the
+    # pty: ask until the program reports it, within a bound.
+    deadline = time.monotonic() + 10
+    while True:
+        child.sendline("")
+        index = child.expect_exact(["size=40 132", "size=24 80"])
+        if index == 0:
+            break
+        assert time.monotonic() < deadline, "the program never saw the new size"
+    # The session goes on after the resize, and again after a second one.
+    child.setwinsize(30, 100)
+    deadline = time.monotonic() + 10
+    while True:
+        child.sendline("")
+        index = child.expect(["size=30 100", r"size=\d+ \d+"])
+        if index == 0:
+            break
+        assert time.monotonic() < deadline, "the program never saw the second size"
+    child.sendcontrol("d")
+    child.expect_exact("finished")
+    assert finish(child) == 0
+
+
+def test_initial_size_comes_from_the_callers_terminal(daemon):
+    child = spawn_client(daemon.socket, "--", "stty", "size", rows=33, cols=111)
+    child.expect_exact("33 111")
+    assert finish(child) == 0
+
+
+def test_window_change_signal_reaches_the_program(daemon):
+    child = spawn_client(
+        daemon.socket, "--", "sh", "-c",
+        'trap \'echo "winch $(stty size)"; exit 0\' WINCH; echo ready; while :; do sleep 0.05; done',
+    )
+    child.expect_exact("ready")
+    child.setwinsize(50, 70)
+    child.expect_exact("winch 50 70")
+    assert finish(child) == 0
+
+
+# --- the caller's terminal settings --------------------------------------------------
+
+
+def test_terminal_settings_restored_after_a_session(outer_shell):
+    before = outer_shell.settings()
+    outer_shell.run(f"{CAPSUDO} -S {outer_shell.socket} -- sh -c 'echo session-$((6 * 7)); read x'; echo status=$?")
+    outer_shell.child.expect_exact("session-42")
+    # Raw mode while the session runs, so "identical after" means restored.
+    assert outer_shell.in_raw_mode()
+    outer_shell.child.sendline("")
+    assert outer_shell.status() == 0
+    assert not outer_shell.in_raw_mode()
+    assert outer_shell.settings() == before
+
+
+def test_terminal_settings_restored_after_the_daemon_is_killed(daemon, outer_shell):
+    before = outer_shell.settings()
+    outer_shell.run(f"{CAPSUDO} -S {outer_shell.socket} -- sh -c 'echo session-$((6 * 7)); exec sleep 100'; echo status=$?")
+    outer_shell.child.expect_exact("session-42")
+    assert outer_shell.in_raw_mode()
+    daemon.process.send_signal(signal.SIGKILL)
+    daemon.process.wait(10)
+    outer_shell.child.expect(r"capsudo: error: ([^\r\n]*)\r\n")
+    report = outer_shell.child.match.group(1).decode()
+    assert "daemon" in report
+    assert outer_shell.status() == 1
+    assert outer_shell.settings() == before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_terminal_settings_restored_when_the_client_is_signalled(outer_shell, signum):
+    before = outer_shell.settings()
+    outer_shell.run(f"{CAPSUDO} -S {outer_shell.socket} -- sh -c 'echo session-$((6 * 7)); exec sleep 100'; echo status=$?")
+    outer_shell.child.expect_exact("session-42")
+    assert outer_shell.in_raw_mode()
+    client = int(subprocess.run(["pgrep", "-P", str(outer_shell.child.pid), "-f", "capsudo"],
+                                capture_output=True, text=True).stdout.split()[0])
+    os.kill(client, signum)
+    assert outer_shell.status() == 128 + signum
+    assert outer_shell.settings() == before
+
+
+# --- a shell -------------------------------------------------------------------------
+
+
+def test_s_gives_an_interactive_shell(daemon):
+    child = spawn_client(daemon.socket, "-s", "-e", "PS1=inner-shell$ ", SHELL="/bin/sh")
+    child.expect_exact("inner-shell$ ")
+    child.sendline("echo $((6 * 7)); tty")
+    child.expect_exact("42")
+    child.expect(r"/dev/pts/\d+")
+    child.expect_exact("inner-shell$ ")
+    # Job control works: the shell has the pty as its controlling terminal.
+    child.sendline("sleep 100")
+    time.sleep(0.3)
+    child.sendcontrol("c")
+    child.expect_exact("inner-shell$ ")
+    child.sendline("exit 5")
+    assert finish(child) == 5
+
+
+# --- output, end of input, background children -------------------------------------------
+
+
+def test_every_line_of_seq_arrives_in_each_of_20_runs(daemon):
+    expected = b"".join(b"%d\r\n" % number for number in range(1, 200001))
+    for run in range(20):
+        result = capsudo(daemon.socket, "-i", "--", "seq", "1", "200000", stdin=subprocess.DEVNULL, timeout=60)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.count(b"\n")
+        assert lines == 200000, f"run {run}: {lines} lines arrived"
+        assert result.stdout == expected, f"run {run}: the output differs"
+
+
+def test_seq_through_the_callers_terminal(daemon):
+    child = spawn_client(daemon.socket, "--", "sh", "-c", "seq 1 200000; echo end-of-seq")
+    received = bytearray()
+    while True:
+        try:
+            received += child.read_nonblocking(1 << 16, timeout=EXPECT_TIMEOUT)
+        except pexpect.EOF:
+            break
+    child.close()
+    assert child.exitstatus == 0
+    lines = bytes(received).split(b"\r\n")
+    assert lines[:200000] == [b"%d" % number for number in range(1, 200001)]
+    assert lines[200000] == b"end-of-seq"
+
+
+def test_background_grandchild_does_not_keep_the_session(daemon):
+    start = time.monotonic()
+    result = capsudo(daemon.socket, "-i", "--", "sh", "-c", "sleep 100 & echo done", stdin=subprocess.DEVNULL)
+    elapsed = time.monotonic() - start
+    assert (result.returncode, result.stdout) == (0, b"done\r\n")
+    assert elapsed < 3
+
+
+def test_grandchild_holding_the_pty_and_ignoring_hangup_does_not_keep_the_session(daemon):
+    # This one survives the terminal's hang-up and keeps its copy of the slave.
+    start = time.monotonic()
+    result = capsudo(
+        daemon.socket, "-i", "--", "sh", "-c", '(trap "" HUP; exec sleep 100) & echo "done $!"',
+        stdin=subprocess.DEVNULL,
+    )
+    elapsed = time.monotonic() - start
+    words = result.stdout.split()
+    try:
+        assert result.returncode == 0
+        assert words[0] == b"done"
+        assert elapsed < 3
+    finally:
+        if len(words) == 2 and pid_alive(int(words[1])):
+            os.kill(int(words[1]), signal.SIGKILL)
+
+
+def test_end_of_input_reaches_the_program(daemon):
+    result = capsudo(daemon.socket, "-i", "--", "cat", input=b"hi\n")
+    assert result.returncode == 0
+    assert b"hi" in result.stdout
+    # Twice: the terminal's echo, and cat's copy.
+    assert result.stdout.count(b"hi\r\n") == 2
+
+
+def test_end_of_input_after_a_partial_line(daemon):
+    result = capsudo(daemon.socket, "-i", "--", "sh", "-c", 'read x; echo "got [$x]"', input=b"partial")
+    assert result.returncode == 0
+    assert b"got [partial]" in result.stdout
+
+
+# --- statuses and signals --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("script", "status"),
+    [("exit 0", 0), ("exit 3", 3), ("kill -9 $$", 137), ("kill -TERM $$", 143), ("kill -HUP $$", 129)],
+)
+def test_statuses_as_in_non_interactive_sessions(daemon, script, status):
+    interactive = capsudo(daemon.socket, "-i", "--", "sh", "-c", script, stdin=subprocess.DEVNULL)
+    plain = capsudo(daemon.socket, "-n", "--", "sh", "-c", script, stdin=subprocess.DEVNULL)
+    assert interactive.returncode == plain.returncode == status
+
+
+def test_status_through_the_callers_terminal(daemon):
+    child = spawn_client(daemon.socket, "--", "sh", "-c", "kill -9 $$")
+    assert finish(child) == 137
+
+
+def test_program_that_cannot_start(daemon):
+    result = capsudo(daemon.socket, "-i", "--", "/nonexistent/program", stdin=subprocess.DEVNULL)
+    assert result.returncode == 127
+    assert result.stderr.decode().startswith("capsudo: error: unable to run /nonexistent/program")
+    assert result.stderr.count(b"\n") == 1
+
+
+# --- clients that go away ------------------------------------------------------------------
+
+HANGUP_RECORDER = (
+    'trap \'echo "hup $(date +%s.%N)" >> {log}\' HUP; echo "ready $$"; while :; do sleep 0.1; done'
+)
+
+
+@pytest.mark.parametrize("how", ["kill the client", "close its terminal"])
+def test_client_hangup_sends_sighup_then_sigkill(daemon_factory, sock_dir, how):
+    grace = 1.5
+    daemon = daemon_factory("--hangup-grace", str(grace))
+    record = f"{sock_dir}/hangups"
+    child = spawn_client(daemon.socket, "--", "sh", "-c", HANGUP_RECORDER.format(log=record))
+    child.expect(r"ready (\d+)")
+    program = int(child.match.group(1))
+    assert pid_alive(program)
+    gone_at = time.time()
+    if how == "kill the client":
+        os.kill(child.pid, signal.SIGKILL)
+    else:
+        child.ptyproc.fileobj.close()  # the terminal hangs up: the client gets SIGHUP
+    gone = wait_gone(program, timeout=grace + 15)
+    hangups = open(record).read().split()
+    assert hangups and hangups[0] == "hup", "the program never got SIGHUP"
+    hup_at = float(hangups[1])
+    # SIGHUP soon after the client left; the end only after the grace.
+    assert hup_at - gone_at < 5
+    assert gone >= grace * 0.9
+    line = session_line(daemon, "ready")
+    assert "status=137" in line and "outcome=client hung up" in line
+    child.close(force=True)
+
+
+# --- sessions do not stall one another -------------------------------------------------
+
+
+def test_a_client_that_stops_reading_does_not_delay_another_session(daemon):
+    stalled = subprocess.Popen(
+        [CAPSUDO, "-S", daemon.socket, "-i", "--", "yes"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+    )
+    try:
+        time.sleep(0.5)  # long enough for the pipe, and the pty behind it, to fill
+        assert stalled.poll() is None
+        for _ in range(3):
+            start = time.monotonic()
+            result = capsudo(daemon.socket, "-i", "--", "echo", "through", stdin=subprocess.DEVNULL, timeout=30)
+            assert result.stdout == b"through\r\n"
+            assert time.monotonic() - start < 5
+    finally:
+        stalled.kill()
+        stalled.wait()
+        stalled.stdout.close()
+
+
+def test_a_terminal_nobody_reads_does_not_delay_another_session(daemon):
+    stalled = spawn_client(daemon.socket, "--", "yes")
+    try:
+        stalled.expect_exact("y\r\n")  # it runs; from now on nobody reads its terminal
+        time.sleep(0.5)
+        child = spawn_client(daemon.socket, "--", "sh", "-c", 'printf "name? "; read x; echo "hello $x"')
+        child.expect_exact("name? ")
+        child.sendline("second")
+        child.expect_exact("hello second")
+        assert finish(child) == 0
+    finally:
+        stalled.close(force=True)
