@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from capsudo.proto import Arg, End, Error, Exit, Fd, SessionKind, SessionType
+from capsudo.proto import Arg, End, Error, Exit, Fd
 from capsudo.transport import MuxChannel, connect_unix
 
+from .channel_session import run_over
 from .daemon_process import CAPSUDO, capsudo
 from .proxy_process import CAPSUDO_PROXY, start_proxy
 
@@ -117,39 +118,16 @@ def test_channel_to_channel(daemon_factory, proxies, sock_dir):
 # ---- the stdio bridge --------------------------------------------------------------------
 
 
-async def _session_over_stdio_bridge(target: str, stdin_data: bytes, env=None) -> tuple[int, bytes, bytes, list[str]]:
+async def _session_over_stdio_bridge(target: str, stdin_data: bytes) -> tuple[int, bytes, bytes, list[str]]:
     """Run `capsudo-proxy --stdio target` and one session through it as the dialing side."""
     process = await trio.lowlevel.open_process([CAPSUDO_PROXY, "--stdio", target], stdin=subprocess.PIPE,
-                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                                               stdout=subprocess.PIPE)
     channel = MuxChannel(trio.StapledStream(process.stdin, process.stdout), "dialing")
-    in_read, in_write = os.pipe()
-    out_read, out_write = os.pipe()
-    err_read, err_write = os.pipe()
-    os.write(in_write, stdin_data)
-    os.close(in_write)
-    errors = []
-    try:
-        async with channel:
-            await channel.send(Arg("ignored"))
-            await channel.send(SessionType(SessionKind.NON_INTERACTIVE))
-            await channel.send(Fd(3), [in_read, out_write, err_write])
-            await channel.send(End())
-            while True:
-                received = await channel.receive()
-                assert received is not None, "the bridge closed without an exit status"
-                if isinstance(received.message, Error):
-                    errors.append(received.message.text)
-                if isinstance(received.message, Exit):
-                    status = received.message.status
-                    break
-    finally:
-        for fd in (in_read, out_write, err_write):
-            os.close(fd)
-    with os.fdopen(out_read, "rb") as out, os.fdopen(err_read, "rb") as err:
-        stdout, stderr = out.read(), err.read()
+    outcome = await run_over(channel, stdin_data)
+    # One session, then it is gone.
     with trio.fail_after(20):
-        await process.wait()
-    return status, stdout, stderr, errors
+        assert await process.wait() == 0
+    return outcome
 
 
 async def test_stdio_bridge_serves_one_session(daemon_factory):
