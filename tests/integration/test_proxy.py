@@ -218,6 +218,14 @@ def test_oversized_request_is_refused_by_the_proxys_own_limit(chain, proxies, so
 # ---- a target that is down -----------------------------------------------------------------
 
 
+def test_listener_it_cannot_create_is_one_line(sock_dir):
+    result = subprocess.run([CAPSUDO_PROXY, "-S", f"{sock_dir}/no-such-dir/front.sock", f"{sock_dir}/cap.sock"],
+                            capture_output=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith("capsudo-proxy: cannot ")
+    assert result.stderr.count(b"\n") == 1
+
+
 def test_proxy_whose_unix_target_is_down_says_so(proxies, sock_dir):
     proxy = proxies(f"{sock_dir}/front.sock", f"{sock_dir}/absent.sock", name="front")
     result = capsudo(proxy.listen, "--", "true")
@@ -234,3 +242,68 @@ def test_proxy_whose_tcp_hop_went_away_says_so(chain):
     line = result.stderr.decode()
     assert line.startswith(f"capsudo: error: capsudo-proxy: cannot connect to {far.listen}: ")
     assert "refused" in line and line.count("\n") == 1
+
+
+# ---- the password flow crosses the proxy -----------------------------------------------------
+
+
+@pytest.fixture
+def pam_service():
+    """A PAM service file of the test's own (pam_unix), removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to write /etc/pam.d")
+    name = f"capsudo-proxytest-{os.getpid()}"
+    path = Path("/etc/pam.d") / name
+    path.write_text("auth required pam_unix.so nodelay\naccount required pam_unix.so\n")
+    try:
+        yield name
+    finally:
+        path.unlink()
+
+
+@pytest.mark.root
+@pytest.mark.pam
+@pytest.mark.terminal
+def test_password_flow_crosses_the_proxy(sock_dir, scratch_user, pam_service):
+    import pexpect
+
+    from .daemon_process import BIN
+
+    name, uid, gid = scratch_user
+    password = "proxy-test-" + os.urandom(6).hex()
+    subprocess.run(["chpasswd"], input=f"{name}:{password}\n".encode(), check=True, capture_output=True)
+    auth_socket = f"{sock_dir}/auth.sock"
+    pwauth_log = open(Path(sock_dir) / "pwauth.log", "wb")
+    pwauth = subprocess.Popen(
+        [str(BIN / "capsudod-pwauth"), "-S", auth_socket, "-m", "0777", "--service", pam_service,
+         "--", str(BIN / "capsudod"), "-f", "--", "echo", "authenticated"],
+        stdin=subprocess.DEVNULL, stdout=pwauth_log, stderr=pwauth_log)
+    pwauth_log.close()
+    # The proxy runs as the scratch user, so that is the peer capsudod-pwauth checks.
+    os.chmod(sock_dir, 0o711)
+    proxy_dir = Path(sock_dir) / "proxy"
+    proxy_dir.mkdir()
+    os.chown(proxy_dir, uid, gid)
+    proxy = None
+    try:
+        _wait_for(lambda: os.path.exists(auth_socket), timeout=20)
+        proxy = start_proxy(f"{proxy_dir}/front.sock", auth_socket, "-m", "0777", log_path=Path(sock_dir) / "p.log",
+                            prefix=("setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"))
+        child = pexpect.spawn(CAPSUDO, ["-S", proxy.listen], timeout=30, env={"PATH": os.environ["PATH"], "TERM": "dumb"})
+        try:
+            # The Unauthorized came back through the proxy, naming the proxy's user.
+            child.expect_exact(f"[capsudo] {name}@")
+            child.expect_exact("password: ")
+            child.sendline(password)
+            # The Secret went through: PAM accepted it and capsudod ran the program.
+            child.expect_exact("authenticated")
+            child.expect(pexpect.EOF)
+        finally:
+            child.close()
+        assert child.exitstatus == 0
+        assert password not in proxy.log()
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        pwauth.terminate()
+        pwauth.wait(10)

@@ -28,6 +28,9 @@ async def serve_listening(settings: ProxySettings) -> int:
     except EndpointError as exc:
         log(str(exc))
         return 1
+    except OSError as exc:  # e.g. a directory on the way that we may not search
+        log(f"cannot listen on {settings.listen}: {exc.strerror or exc}")
+        return 1
     warning = exposure_warning(settings.listen)
     if warning and settings.listen_tls is None:
         log(warning)
