@@ -186,7 +186,6 @@ async def test_connection_failures_are_one_line_endpoint_errors(tmp_path):
         ("tcp://127.0.0.1:0", "only for listening"),
         (str(tmp_path / "nothing-here"), "No such file"),
         ("tls://127.0.0.1:1", "TLS needs a CA"),
-        ("ssh://alice@host/run/capsudo/default", "capsudo-proxy"),
     ]:
         with pytest.raises(EndpointError) as excinfo:
             await connect_endpoint(text)
