@@ -87,6 +87,33 @@ def test_each_hop_logs_its_own_peer_and_the_daemon_sees_the_proxy(chain):
     assert f"pid={far.process.pid} " in _session_lines(daemon)[0]
 
 
+@pytest.mark.terminal
+def test_interactive_session_and_window_sizes_cross_the_chain(daemon_factory, proxies, sock_dir):
+    import pexpect
+
+    daemon = daemon_factory("-f", "--", "sh", "-c",
+                            "stty size; read line; echo got:$line; "
+                            # The resize and the typed line travel apart: wait for the resize, boundedly.
+                            "for i in $(seq 100); do [ \"$(stty size)\" = '30 100' ] || break; sleep 0.1; done; "
+                            "stty size; exit 3")
+    far = proxies("tcp://127.0.0.1:0", daemon.socket, name="far")
+    near = proxies(f"{sock_dir}/near.sock", far.listen, name="near")
+    child = pexpect.spawn(CAPSUDO, ["-S", near.listen], timeout=30, dimensions=(30, 100),
+                          env={"PATH": os.environ["PATH"], "TERM": "xterm"})
+    try:
+        # The handshake's Winsize, replayed by both proxies.
+        child.expect_exact("30 100")
+        # A later resize: SIGWINCH at the client, a Winsize relayed hop by hop to the daemon's pty.
+        child.setwinsize(40, 120)
+        child.sendline("typed")
+        child.expect_exact("got:typed")
+        child.expect_exact("40 120")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 3
+
+
 def test_unix_to_unix_with_owner_and_mode(daemon_factory, proxies, sock_dir):
     daemon = daemon_factory(*PINNED)
     proxy = proxies(f"{sock_dir}/exposed.sock", daemon.socket, "-m", "0700", name="exposed")
