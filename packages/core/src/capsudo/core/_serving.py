@@ -16,12 +16,14 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from capsudo.proto import Error, Exit
-from capsudo.transport import MessageChannel
+from capsudo.proto import Error, Exit, ProtocolError
+from capsudo.transport import MessageChannel, close_fds
 
 # accept() failures that mean "out of resources right now": back off and retry.
 _PRESSURE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 PRESSURE_BACKOFF = 0.1
+# How long a turned-away client has to take its answer and go.
+TURN_AWAY_LINGER = 1.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 ServeOne = Callable[[MessageChannel], Awaitable[object]]
@@ -37,12 +39,19 @@ class Logger:
 
 
 async def turn_away(channel: MessageChannel, reason: str) -> None:
-    """Tell a client why it cannot be served, and close."""
-    with trio.move_on_after(1):
+    """Tell a client why it cannot be served, and close.
+
+    The client may still be sending its request: closing at once would make
+    its next write fail (EPIPE) before it reads the reason. So what it sends
+    is read and dropped until it closes, within the same bound of a second.
+    """
+    with trio.move_on_after(TURN_AWAY_LINGER):
         try:
             await channel.send(Error(reason))
             await channel.send(Exit(1))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            while (received := await channel.receive()) is not None:
+                close_fds(received.fds)
+        except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
     with trio.CancelScope(shield=True):
         await channel.aclose()
