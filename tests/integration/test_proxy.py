@@ -87,6 +87,41 @@ def test_each_hop_logs_its_own_peer_and_the_daemon_sees_the_proxy(chain):
     assert f"pid={far.process.pid} " in _session_lines(daemon)[0]
 
 
+def test_client_that_goes_away_hangs_the_program_up_across_the_chain(daemon_factory, proxies, sock_dir):
+    daemon = daemon_factory("-f", "--", "sleep", "120")
+    far = proxies("tcp://127.0.0.1:0", daemon.socket, name="far")
+    near = proxies(f"{sock_dir}/near.sock", far.listen, name="near")
+    client = subprocess.Popen([CAPSUDO, "-S", near.listen], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: b"sleep\x00120" in _children_cmdlines(daemon.process.pid), timeout=20)
+    finally:
+        client.kill()
+        client.wait()
+    # Every hop notices, and the daemon hangs the program up (SIGHUP: 129).
+    _wait_for(lambda: _session_lines(daemon), timeout=20)
+    assert "status=129 outcome=client hung up" in _session_lines(daemon)[0]
+    _wait_for(lambda: near.session_lines() and far.session_lines(), timeout=20)
+    assert "outcome=client hung up" in near.session_lines()[0]
+    assert "outcome=client hung up" in far.session_lines()[0]
+
+
+def _children_cmdlines(pid: int) -> bytes:
+    found = b""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat_file:
+                parent = int(stat_file.read().rsplit(b")", 1)[1].split()[1])
+            if parent == pid:
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    found += cmdline.read() + b"\n"
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 @pytest.mark.terminal
 def test_interactive_session_and_window_sizes_cross_the_chain(daemon_factory, proxies, sock_dir):
     import pexpect

@@ -16,7 +16,7 @@ import pytest
 from capsudo.transport import EndpointError, connect_endpoint, parse_endpoint, ssh_command_line
 
 from .channel_session import run_over
-from .daemon_process import capsudo
+from .daemon_process import CAPSUDO, capsudo
 from .proxy_process import CAPSUDO_PROXY, start_proxy
 from .sshd_server import find_sshd, start_sshd
 
@@ -128,3 +128,28 @@ async def test_ssh_that_cannot_be_run_is_an_endpoint_error(monkeypatch):
     monkeypatch.setenv("CAPSUDO_SSH", "/nonexistent/ssh")
     with pytest.raises(EndpointError, match=r"^cannot connect to ssh://h/p: cannot run /nonexistent/ssh: No such file"):
         await connect_endpoint("ssh://h/p")
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.terminal
+def test_interactive_session_over_ssh(daemon_factory, sshd, ssh_env, sock_dir):
+    import pexpect
+
+    daemon = daemon_factory("-f", "--", "sh", "-c", "tty >/dev/null && echo on-a-tty; stty size; read l; echo got:$l")
+    proxy = start_proxy(f"unix://{sock_dir}/local.sock", _address(sshd, daemon.socket),
+                        log_path=Path(sock_dir) / "proxy.log", env=ssh_env)
+    try:
+        child = pexpect.spawn(CAPSUDO, ["-S", proxy.listen], timeout=60, dimensions=(33, 111),
+                              env={"PATH": os.environ["PATH"], "TERM": "xterm"})
+        try:
+            child.expect_exact("on-a-tty")
+            child.expect_exact("33 111")
+            child.sendline("over ssh")
+            child.expect_exact("got:over ssh")
+            child.expect(pexpect.EOF)
+        finally:
+            child.close()
+        assert child.exitstatus == 0
+    finally:
+        proxy.stop()
