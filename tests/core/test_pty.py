@@ -248,12 +248,16 @@ async def test_regular_files_as_the_clients_descriptors(tmp_path):
     sink = tmp_path / "out"
     in_fd = os.open(source, os.O_RDONLY)
     out_fd = os.open(sink, os.O_WRONLY | os.O_CREAT, 0o600)
-    async with open_pty_program(SH, ["sh", "-c", "stty -echo; wc -l"], {}, [in_fd, out_fd, out_fd], None) as program:
+    async with open_pty_program(SH, ["sh", "-c", "wc -l"], {}, [in_fd, out_fd, out_fd], None) as program:
         os.close(in_fd)
         os.close(out_fd)
         with trio.fail_after(10):
             assert await program.wait() == 0
-    assert sink.read_bytes().split() == [b"2000"]
+    # The terminal echoes the input (the file is read at once, before any
+    # `stty -echo` could run), then wc's count: every line reached it.
+    output = sink.read_bytes()
+    assert output.split(b"\r\n")[-2] == b"2000"
+    assert output.count(b"line ") == 2000
 
 
 async def test_dev_null_as_stdin_and_stdout():
@@ -373,3 +377,35 @@ async def test_no_descriptor_leaks():
     for script in ("true", "seq 1 1000", "exit 3", "cat"):
         await run(script, stdin=b"x\n")
     assert fd_count() == before
+
+
+async def test_silent_unpollable_stdin_does_not_hold_a_thread_after_its_session():
+    """A pty master (a /dev/ptmx descriptor, which cannot be reopened by name)
+    as the client's stdin gets blocking reads. Sessions whose client never
+    typed must not leave a read behind them: more of them than trio's thread
+    pool holds must not starve the next session's input."""
+    terminals = [os.openpty() for _ in range(60)]
+    try:
+        for master, _ in terminals[:-1]:
+            out_r, out_w = os.pipe()
+            drain = Drain(out_r)
+            async with open_pty_program(SH, ["sh", "-c", "exit 0"], {}, [master, out_w, out_w], None) as program:
+                assert isinstance(program._source, _ThreadedView)
+                os.close(out_w)
+                with trio.fail_after(10):
+                    assert await program.wait() == 0
+            drain.result()
+        master, slave = terminals[-1]
+        os.write(slave, b"typed\n")
+        out_r, out_w = os.pipe()
+        drain = Drain(out_r)
+        async with open_pty_program(SH, ["sh", "-c", 'read x; echo "got $x"'], {}, [master, out_w, out_w], None) as program:
+            os.close(out_w)
+            with trio.fail_after(10):
+                assert await program.wait() == 0
+        assert b"got typed" in drain.result()
+        assert trio.to_thread.current_default_thread_limiter().borrowed_tokens == 0
+    finally:
+        for master, slave in terminals:
+            os.close(master)
+            os.close(slave)

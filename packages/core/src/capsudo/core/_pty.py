@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import signal
 import socket
 import stat
@@ -169,6 +170,13 @@ class _SocketView(_View):
 class _ThreadedView(_View):
     """Anything else: blocking calls in a worker thread, abandoned on cancel.
 
+    Where the descriptor can be polled (a terminal that cannot be reopened by
+    name, such as a pty master), the wait happens on the event loop and the
+    thread only makes a call that is ready: a session that ends while its
+    client types nothing leaves no read behind, blocked forever. Each view
+    has a thread limit of its own, so that views can never starve one another
+    (or anything else of the daemon) of trio's shared worker threads.
+
     An abandoned call may still run when the view is closed, so the
     descriptor is closed by whoever finishes last: its number must not be
     reused under a call still in flight.
@@ -179,6 +187,8 @@ class _ThreadedView(_View):
         self._lock = threading.Lock()
         self._busy = 0
         self._closing = False
+        self._limiter = trio.CapacityLimiter(1)
+        self._pollable = _pollable(fd)
 
     def _call(self, function, *args):
         # Counted here, in the thread, so that a call cancelled before its
@@ -202,10 +212,15 @@ class _ThreadedView(_View):
                 os.close(self.fd)
 
     async def _run(self, function, *args):
-        return await trio.to_thread.run_sync(self._call, function, *args, abandon_on_cancel=True)
+        return await trio.to_thread.run_sync(
+            self._call, function, *args, abandon_on_cancel=True, limiter=self._limiter
+        )
 
     async def wait_readable(self) -> None:
-        await trio.lowlevel.checkpoint()
+        if self._pollable:
+            await trio.lowlevel.wait_readable(self.fd)
+        else:
+            await trio.lowlevel.checkpoint()
 
     async def read_ready(self, size: int) -> bytes | None:
         try:
@@ -217,6 +232,8 @@ class _ThreadedView(_View):
 
     async def write_all(self, data: memoryview) -> None:
         while data:
+            if self._pollable:
+                await trio.lowlevel.wait_writable(self.fd)
             data = data[await self._run(os.write, data) :]
 
     def close(self) -> None:
@@ -225,8 +242,22 @@ class _ThreadedView(_View):
                 return
             self._closing = True
             idle = self._busy == 0
+        if self._pollable:
+            trio.lowlevel.notify_closing(self.fd)
         if idle:
             os.close(self.fd)
+
+
+def _pollable(fd: int) -> bool:
+    """Whether epoll accepts fd (regular files and some devices it refuses)."""
+    probe = select.epoll()
+    try:
+        probe.register(fd, select.EPOLLIN)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def _open_view(fd: int, reading: bool) -> _View:
