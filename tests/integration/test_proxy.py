@@ -204,6 +204,17 @@ async def test_stdio_bridge_with_its_target_down_says_why(sock_dir):
     assert errors == [f"capsudo-proxy: cannot connect to {sock_dir}/absent.sock: No such file or directory"]
 
 
+def test_garbage_is_refused_at_the_stdio_bridge(daemon_factory):
+    daemon = daemon_factory(*PINNED)
+    # A frame of an unknown kind (9), stream 0, empty payload.
+    result = subprocess.run([CAPSUDO_PROXY, "--stdio", daemon.socket], input=struct.pack("<BII", 9, 0, 0),
+                            capture_output=True, timeout=30)
+    assert b"capsudo-proxy: unknown frame kind 9" in result.stdout  # inside an Error control frame
+    assert b"outcome=refused: unknown frame kind 9 " in result.stderr
+    assert result.stderr.count(b"\n") == 1
+    assert _session_lines(daemon) == [], "bad input reached the daemon"
+
+
 # ---- bad input is refused at the hop it reaches ------------------------------------------
 
 
