@@ -18,6 +18,19 @@ test: venv
 bench: venv
 	.venv/bin/python benchmarks/run_all.py
 
+# Coverage-guided fuzzing with atheris, in a venv of its own (.venv-fuzz) so
+# that make test and CI never install it: each of FUZZ_TARGETS for SECONDS
+# in turn, e.g. `make fuzz SECONDS=600 FUZZ_TARGETS=handshake`. What it finds
+# stays in fuzz/corpus/<target>; a crash or hang fails the run (docs/fuzzing.md).
+SECONDS ?= 60
+FUZZ_TARGETS ?= control frames handshake
+
+fuzz: $(UV)
+	UV_PROJECT_ENVIRONMENT=.venv-fuzz $(UV) sync --all-packages --group fuzz
+	for target in $(FUZZ_TARGETS); do \
+		.venv-fuzz/bin/python fuzz/fuzz_decoders.py $$target -max_total_time=$(SECONDS) -print_final_stats=1 || exit 1; \
+	done
+
 venv: .venv/.synced
 
 .venv/.synced: $(UV) pyproject.toml packages/*/pyproject.toml
@@ -29,4 +42,4 @@ venv: .venv/.synced
 	.uv/bin/pip install --quiet uv
 
 clean:
-	rm -rf .venv .uv
+	rm -rf .venv .venv-fuzz .uv
