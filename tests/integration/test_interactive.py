@@ -307,19 +307,24 @@ def test_background_grandchild_does_not_keep_the_session(daemon):
     assert elapsed < 3
 
 
-def test_grandchild_holding_the_pty_and_ignoring_hangup_does_not_keep_the_session(daemon):
-    # This one survives the terminal's hang-up and keeps its copy of the slave.
-    start = time.monotonic()
-    result = capsudo(
-        daemon.socket, "-i", "--", "sh", "-c", '(trap "" HUP; exec sleep 100) & echo "done $!"',
-        stdin=subprocess.DEVNULL,
+def test_grandchild_holding_the_pty_and_ignoring_hangup_does_not_keep_the_session(daemon, sock_dir):
+    # This one survives the terminal's hang-up and keeps its copy of the
+    # slave open; the program exits only once the grandchild ignores SIGHUP.
+    flag = f"{sock_dir}/ignoring"
+    script = (
+        f'(trap "" HUP; touch {flag}; exec sleep 100) & '
+        f'while [ ! -e {flag} ]; do sleep 0.01; done; echo "done $!"'
     )
+    start = time.monotonic()
+    result = capsudo(daemon.socket, "-i", "--", "sh", "-c", script, stdin=subprocess.DEVNULL)
     elapsed = time.monotonic() - start
     words = result.stdout.split()
     try:
         assert result.returncode == 0
         assert words[0] == b"done"
         assert elapsed < 3
+        assert pid_alive(int(words[1])), "the grandchild should still run: it ignores SIGHUP"
+        assert open(f"/proc/{int(words[1])}/cmdline", "rb").read().startswith(b"sleep\0")
     finally:
         if len(words) == 2 and pid_alive(int(words[1])):
             os.kill(int(words[1]), signal.SIGKILL)
