@@ -27,6 +27,7 @@ __all__ = [
     "FORWARDED_VARIABLES",
     "SessionResult",
     "run_unix_session",
+    "run_endpoint_session",
     "run",
     "serve_session",
     "SessionRecord",
@@ -49,6 +50,7 @@ _HOME = {
     "FORWARDED_VARIABLES": "._client_request",
     "SessionResult": "._unix_client",
     "run_unix_session": "._unix_client",
+    "run_endpoint_session": "._channel_client",
     "run": "._library",
     "serve_session": "._daemon_session",
     "SessionRecord": "._daemon_session",
@@ -72,6 +74,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from ._client_request import (FORWARDED_VARIABLES, ClientError, ClientRequest, build_request,
                                   default_endpoint, forwarded_environment)
+    from ._channel_client import run_endpoint_session
     from ._daemon_session import Hangup, SessionRecord, serve_session
     from ._library import run
     from ._limits import SessionLimits

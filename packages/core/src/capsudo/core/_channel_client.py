@@ -1,8 +1,10 @@
 """The client's side of a session over any MessageChannel (trio).
 
 Used where descriptors cannot travel as they are, such as the multiplexed
-byte channel: the transport turns them into streams, and this code does not
-need to know.
+byte channel over tcp://, tls:// and vsock://: the transport turns them into
+streams, and this code does not need to know. `run_endpoint_session` is the
+blocking entry point the command line and the library call for such
+endpoints; it starts its own event loop.
 """
 
 from __future__ import annotations
@@ -14,14 +16,52 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from capsudo.proto import Arg, End, Env, Error, Exit, Fd, ProtocolError, Secret, SessionKind, SessionType, Unauthorized, Winsize
-from capsudo.transport import MessageChannel
+from capsudo.transport import EndpointError, MessageChannel, TlsOptions, connect_endpoint
+from capsudo.transport._tls import describe_tls_failure, find_ssl_error
 
 from ._client_request import ClientError, ClientRequest, terminal_size
-from ._password_flow import Challenged, PasswordFlow
+from ._password_flow import Challenged, PasswordFlow, SecretPrompt
 from ._terminal import FATAL_SIGNALS, Interrupted, raw_mode
 from ._unix_client import SessionResult
 
 Connect = Callable[[], Awaitable[MessageChannel]]
+
+
+def run_endpoint_session(
+    endpoint: str,
+    request: ClientRequest,
+    tls: TlsOptions | None = None,
+    ask_secret: SecretPrompt | None = None,
+    on_retry: Callable[[], None] | None = None,
+) -> SessionResult:
+    """Run one session on a tcp://, tls:// or vsock:// endpoint (any endpoint, in fact).
+
+    Every failure to reach the daemon or to keep the link is a ClientError
+    with one line; a TLS refusal says which side refused what.
+    """
+
+    async def connect() -> MessageChannel:
+        try:
+            return await connect_endpoint(endpoint, tls)
+        except EndpointError as exc:
+            raise ClientError(str(exc)) from None
+        except ValueError as exc:
+            raise ClientError(str(exc)) from None
+
+    return trio.run(run_channel_session, connect, request, PasswordFlow(ask_secret, on_retry))
+
+
+def _link_failure(what: str, exc: BaseException) -> ClientError:
+    """One line for a link that broke; a TLS alert from the daemon is named as such.
+
+    Under TLS 1.3 the server checks our certificate after our side of the
+    handshake is done, so its refusal arrives here, on the first read or write.
+    """
+    if find_ssl_error(exc) is not None:
+        return ClientError(f"the daemon refused the TLS connection: {describe_tls_failure(exc, server_side=False)}")
+    reason = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
+    text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
+    return ClientError(f"{what}: {text}")
 
 
 async def run_channel_session(connect: Connect, request: ClientRequest, flow: PasswordFlow) -> SessionResult:
@@ -58,7 +98,7 @@ async def _await_status(channel: MessageChannel, errors: list[str]) -> int:
         except ProtocolError as exc:
             raise ClientError(f"the daemon sent a bad reply: {exc}") from None
         except (trio.BrokenResourceError, OSError) as exc:
-            raise ClientError(f"connection to the daemon lost: {exc}") from None
+            raise _link_failure("connection to the daemon lost", exc) from None
         if received is None:
             raise ClientError("the daemon closed the connection before sending an exit status")
         message = received.message
@@ -73,13 +113,22 @@ async def _await_status(channel: MessageChannel, errors: list[str]) -> int:
 async def _relay_signals(channel: MessageChannel, request: ClientRequest) -> None:
     """Window changes become Winsize messages; fatal signals end the session."""
     watched = (signal.SIGWINCH, *FATAL_SIGNALS) if request.interactive else FATAL_SIGNALS
+    sent = request.winsize
+
+    async def send_size() -> None:
+        nonlocal sent
+        size = terminal_size(request.stdio[1]) or terminal_size(request.stdio[0])
+        if size and size != sent:
+            await channel.send(Winsize(*size))
+            sent = size
+
     with trio.open_signal_receiver(*watched) as signals:
+        if request.interactive:
+            await send_size()  # a resize between the handshake and now would go unseen
         async for signum in signals:
             if signum != signal.SIGWINCH:
                 raise Interrupted(signum)
-            size = terminal_size(request.stdio[1]) or terminal_size(request.stdio[0])
-            if size:
-                await channel.send(Winsize(*size))
+            await send_size()
 
 
 async def _one_connection(connect: Connect, request: ClientRequest, secret: bytes | None, errors: list[str]) -> int:
@@ -88,7 +137,7 @@ async def _one_connection(connect: Connect, request: ClientRequest, secret: byte
         try:
             await _send_request(channel, request, secret)
         except (trio.BrokenResourceError, OSError) as exc:
-            raise ClientError(f"connection lost during the handshake: {exc}") from None
+            raise _link_failure("connection lost during the handshake", exc) from None
         with raw_mode(request.stdio[0]) if request.interactive else contextlib.nullcontext():
             try:
                 async with trio.open_nursery() as nursery:

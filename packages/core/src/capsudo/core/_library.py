@@ -1,4 +1,9 @@
-"""Running sessions from a Python program, without a process per call."""
+"""Running sessions from a Python program, without a process per call.
+
+The endpoint takes the same addresses as `capsudo -S`. A Unix socket hands
+the descriptors over as they are; tcp://, tls:// and vsock:// carry their
+bytes over the multiplexed channel, on an event loop of the call's own.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,10 @@ from collections.abc import Sequence
 from typing import IO, Union
 
 from ._client_request import ClientError, ClientRequest, default_endpoint
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from capsudo.transport import TlsOptions
 from ._unix_client import SecretPrompt, SessionResult, run_unix_session
 
 Descriptor = Union[int, IO, None]
@@ -26,6 +35,7 @@ def run(
     stdout: Descriptor = None,
     stderr: Descriptor = None,
     ask_secret: SecretPrompt | None = None,
+    tls: TlsOptions | None = None,
 ) -> SessionResult:
     """Run argv through the endpoint and wait for its status.
 
@@ -33,6 +43,11 @@ def run(
     process's own); the program reads and writes them directly. `env` holds
     KEY=VALUE entries, which the endpoint may override or ignore. The daemon's
     error texts come back in the result; failing to reach it raises ClientError.
+
+    For tls://, `tls` names our certificate, key and the daemon's CA; without
+    it they come from CAPSUDO_TLS_CERT, CAPSUDO_TLS_KEY and CAPSUDO_TLS_CA.
+    Over a network endpoint the call runs its own trio loop, so it cannot be
+    made from inside one (use core.run_channel_session there).
     """
     endpoint = endpoint or default_endpoint()
     request = ClientRequest(
@@ -40,7 +55,17 @@ def run(
         env_entries=list(env),
         stdio=(_fileno(stdin, 0), _fileno(stdout, 1), _fileno(stderr, 2)),
     )
-    if "://" in endpoint and not endpoint.startswith("unix://"):
-        raise ClientError(f"{endpoint}: only Unix endpoints are supported by this call")
-    path = endpoint.removeprefix("unix://")
-    return run_unix_session(path, request, ask_secret)
+    if "://" not in endpoint or endpoint.startswith("unix://"):
+        return run_unix_session(endpoint.removeprefix("unix://"), request, ask_secret)
+
+    from capsudo.transport import TlsEndpoint, TlsOptions, parse_endpoint
+
+    from ._channel_client import run_endpoint_session
+
+    try:
+        parsed = parse_endpoint(endpoint)
+        if tls is None and isinstance(parsed, TlsEndpoint):
+            tls = TlsOptions.from_environment()
+    except ValueError as exc:
+        raise ClientError(str(exc)) from None
+    return run_endpoint_session(endpoint, request, tls, ask_secret)

@@ -9,21 +9,31 @@ from capsudo.core import Policy, SessionLimits, UsageError, parse_options
 
 USAGE = """\
 usage: capsudod [-S endpoint] [-f] [-E] [-e KEY=VALUE]... [-o user[:group]] [-m mode]
-                [limits] [--] [program [args...]]
+                [--tls-cert F --tls-key F --tls-client-ca F] [limits] [--] [program [args...]]
 
 Hold this process's privilege and delegate it to whoever can reach the
 endpoint. The program (default: sh) is a prefix: clients' arguments are
 appended to it. Its environment holds only the -e entries and, unless -E,
 the client's entries (a -e entry wins over a client's entry of that name).
 
-  -S endpoint        listen on this Unix socket (a path or unix:///path);
-                     without -S, serve one session on the socket on stdin
+  -S endpoint        listen here: a Unix socket (a path or unix:///path),
+                     tcp://HOST:PORT, tls://HOST:PORT or vsock://CID:PORT
+                     (port 0: any free port, logged); without -S, serve one
+                     session on the Unix socket on stdin
   -f                 ignore the client's arguments: run exactly the program
   -E                 ignore the client's environment entries
   -e KEY=VALUE       set an environment entry for the program (repeatable)
-  -o user[:group]    owner of the socket (names or numbers; :group alone)
-  -m mode            octal permissions of the socket (default 0770)
+  -o user[:group]    owner of a Unix socket (names or numbers; :group alone)
+  -m mode            octal permissions of a Unix socket (default 0770)
   -h                 show this help
+
+tls:// (all three needed; only clients whose certificate the CA signed get in):
+  --tls-cert F       this daemon's certificate chain (PEM)
+  --tls-key F        its private key (PEM)
+  --tls-client-ca F  the CA certificate that signs the clients' certificates
+
+A tcp:// endpoint has no access control: whoever reaches the port holds the
+capability (a warning says so). Use tls:// or a Unix socket beyond loopback.
 
 limits:
   --max-sessions N         sessions at once (default 256); more are refused
@@ -42,13 +52,19 @@ LONG = {
     "max-items": True,
     "max-bytes": True,
     "hangup-grace": True,
+    "tls-cert": True,
+    "tls-key": True,
+    "tls-client-ca": True,
 }
+
+TLS_FLAGS = ("--tls-cert", "--tls-key", "--tls-client-ca")
 
 
 @dataclass
 class DaemonConfig:
-    endpoint: str | None = None
+    endpoint: object = None  # a capsudo.transport Endpoint
     owner: object = None
+    tls: object = None  # TlsOptions, for tls:// only
     mode: int = 0o770
     policy: Policy = field(default_factory=Policy)
     limits: SessionLimits = field(default_factory=SessionLimits)
@@ -65,6 +81,25 @@ def _number(name: str, value: str, kind=int, minimum=0):
     return number
 
 
+def _endpoint_and_tls(text: str, tls_paths: dict[str, str], socket_options: list[str]):
+    from capsudo.transport import TlsEndpoint, TlsOptions, UnixEndpoint, parse_endpoint
+
+    try:
+        endpoint = parse_endpoint(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if socket_options and not isinstance(endpoint, UnixEndpoint):
+        raise UsageError(f"{socket_options[0]} applies only to a Unix socket, not to {endpoint}")
+    if not isinstance(endpoint, TlsEndpoint):
+        if tls_paths:
+            raise UsageError(f"{next(iter(tls_paths))} applies only to a tls:// endpoint")
+        return endpoint, None
+    missing = [flag for flag in TLS_FLAGS if flag not in tls_paths]
+    if missing:
+        raise UsageError(f"{endpoint} needs {', '.join(missing)}")
+    return endpoint, TlsOptions(tls_paths["--tls-cert"], tls_paths["--tls-key"], tls_paths["--tls-client-ca"])
+
+
 def parse_command_line(argv: list[str]) -> DaemonConfig | None:
     from capsudo.transport import parse_mode, parse_owner
 
@@ -73,11 +108,15 @@ def parse_command_line(argv: list[str]) -> DaemonConfig | None:
     fixed_arguments = fixed_environment = False
     environment: dict[str, str] = {}
     limits: dict[str, float] = {}
+    tls_paths: dict[str, str] = {}
+    socket_options: list[str] = []
     for name, value in options:
         if name in ("-h", "--help"):
             return None
         if name == "-S":
             config.endpoint = value
+        elif name in TLS_FLAGS:
+            tls_paths[name] = value
         elif name == "-f":
             fixed_arguments = True
         elif name == "-E":
@@ -88,6 +127,7 @@ def parse_command_line(argv: list[str]) -> DaemonConfig | None:
                 raise UsageError(f"-e takes KEY=VALUE, got {value!r}")
             environment[key] = entry_value
         elif name in ("-o", "-m"):
+            socket_options.append(name)
             try:
                 if name == "-o":
                     config.owner = parse_owner(value)
@@ -105,6 +145,10 @@ def parse_command_line(argv: list[str]) -> DaemonConfig | None:
             limits["max_bytes"] = _number(name, value, minimum=1)
         elif name == "--hangup-grace":
             limits["hangup_grace"] = _number(name, value, float)
+    if config.endpoint is not None:
+        config.endpoint, config.tls = _endpoint_and_tls(config.endpoint, tls_paths, socket_options)
+    elif tls_paths or socket_options:
+        raise UsageError(f"{(list(tls_paths) + socket_options)[0]} needs -S")
     config.policy = Policy(tuple(program), fixed_arguments, fixed_environment, environment)
     config.limits = SessionLimits(**limits)
     return config
@@ -129,18 +173,40 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(serve_stdin, settings)
         return 0
 
-    from capsudo.transport import EndpointError, open_unix_listener
+    from capsudo.transport import EndpointError, open_listener
 
     async def listen_and_serve() -> int:
         try:
-            listener = await open_unix_listener(
-                config.endpoint.removeprefix("unix://"), owner=config.owner, mode=config.mode
+            listener = await open_listener(
+                config.endpoint,
+                tls=config.tls,
+                owner=config.owner,
+                mode=config.mode,
+                handshake_timeout=config.limits.handshake_timeout,
+                # A refused TLS client is one line in the log; the others go on.
+                on_handshake_error=lambda error: log(str(error)),
             )
         except EndpointError as exc:
             log(str(exc))
             return 1
-        log(f"listening on {listener.path}")
+        warning = getattr(listener, "warning", None)
+        if warning:
+            log(f"warning: {warning}")
+        log(f"listening on {_bound_address(config.endpoint, listener)}")
         await serve_listener(listener, settings)
         return 0
 
     return trio.run(listen_and_serve)
+
+
+def _bound_address(endpoint, listener) -> str:
+    """The endpoint as bound: with the real port when 0 was asked for."""
+    from capsudo.transport import TcpEndpoint, TlsEndpoint, UnixEndpoint, VsockEndpoint
+
+    if isinstance(endpoint, UnixEndpoint):
+        return listener.path
+    port = listener.port
+    if isinstance(endpoint, VsockEndpoint):
+        return str(VsockEndpoint(endpoint.cid, port))
+    kind = TlsEndpoint if isinstance(endpoint, TlsEndpoint) else TcpEndpoint
+    return str(kind(endpoint.host, port))
