@@ -435,3 +435,28 @@ def test_a_terminal_nobody_reads_does_not_delay_another_session(daemon):
         assert finish(child) == 0
     finally:
         stalled.close(force=True)
+
+
+@pytest.mark.parametrize("mode", ["-i", "-n"])
+def test_signal_to_the_client_hangs_up_the_program_in_both_kinds_of_session(daemon_factory, sock_dir, mode):
+    daemon = daemon_factory("--hangup-grace", "1")
+    record = f"{sock_dir}/hangups"
+    client = subprocess.Popen(
+        [CAPSUDO, "-S", daemon.socket, mode, "--", "sh", "-c", HANGUP_RECORDER.format(log=record)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    )
+    try:
+        line = client.stdout.readline()
+        assert line.startswith(b"ready "), line
+        program = int(line.split()[1])
+        client.send_signal(signal.SIGTERM)
+        status = client.wait(10)
+        # Killed by it, or (interactive: after restoring the terminal) exited as if killed.
+        assert status in (-signal.SIGTERM, 128 + signal.SIGTERM)
+        wait_gone(program, timeout=15)
+        assert open(record).read().startswith("hup "), "the program never got SIGHUP"
+        assert "status=137" in session_line(daemon, "ready")
+    finally:
+        client.kill()
+        client.wait()
+        client.stdout.close()
