@@ -186,3 +186,83 @@ def test_TIOCSTI_from_an_interactive_program_cannot_type_into_the_callers_termin
         assert not through.exists()
     finally:
         shell.close(force=True)
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _children(pid: int) -> list[str]:
+    """The states of pid's children."""
+    states = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                states.append(fields[0])
+    return states
+
+
+def test_out_of_descriptors_the_daemon_refuses_or_waits_without_spinning_and_recovers(daemon):
+    import resource
+
+    pid = daemon.process.pid
+    time.sleep(0.2)
+    idle = _descriptors(pid)
+    original = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    try:
+        # One descriptor to spare: the connection is accepted, the three
+        # delegated ones cannot be received; the session is refused in one line.
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (idle + 1, original[1]))
+        refused = capsudo(daemon.socket, "true")
+        assert refused.returncode == 1 and refused.stderr.count(b"\n") == 1, refused.stderr
+        assert refused.stderr.startswith(b"capsudo: error: ")
+        # None to spare: accept() fails; the client waits in the backlog while
+        # the daemon retries at a low rate instead of spinning.
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (idle, original[1]))
+        waiting = subprocess.Popen([CAPSUDO, "-S", daemon.socket, "--", "echo", "served"],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(0.3)
+        cpu_before, started = _cpu_seconds(pid), time.monotonic()
+        time.sleep(2)
+        cpu_share = (_cpu_seconds(pid) - cpu_before) / (time.monotonic() - started)
+        assert waiting.poll() is None, "served although the daemon could not accept"
+        assert cpu_share < 0.25, f"the daemon used {cpu_share:.0%} of a core while it could not accept"
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, original)
+    output, _ = waiting.communicate(timeout=20)
+    assert (waiting.returncode, output) == (0, b"served\n")
+    assert daemon.log().count("cannot accept connections: Too many open files") == 1
+    assert daemon.process.poll() is None
+
+
+def test_many_sessions_leave_no_descriptor_and_no_zombie_behind(daemon):
+    from capsudo.core import run
+
+    pid = daemon.process.pid
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        run(["true"], endpoint=daemon.socket, stdin=devnull, stdout=devnull, stderr=devnull)
+        time.sleep(0.3)
+        before = _descriptors(pid)
+        statuses = [run(["sh", "-c", f"exit {i % 3}"] if i % 2 else ["no-such-program-here"],
+                        endpoint=daemon.socket, stdin=devnull, stdout=devnull, stderr=devnull).status
+                    for i in range(60)]
+    finally:
+        os.close(devnull)
+    assert statuses == [i % 3 if i % 2 else 127 for i in range(60)]
+    deadline = time.monotonic() + 5
+    while (_descriptors(pid), _children(pid)) != (before, []) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _descriptors(pid) == before
+    assert _children(pid) == []
