@@ -1,6 +1,8 @@
 import pytest
 
-from .daemon_process import start_daemon
+from pathlib import Path
+
+from .daemon_process import start_daemon, start_network_daemon
 
 
 @pytest.fixture
@@ -9,6 +11,24 @@ def daemon_factory(sock_dir):
 
     def start(*args: str, name: str = "cap.sock", **kwargs):
         daemon = start_daemon(f"{sock_dir}/{name}", *args, **kwargs)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
+
+
+@pytest.fixture
+def network_daemon_factory(sock_dir):
+    """Starts capsudods on network endpoints: start("tcp://127.0.0.1:0", *args)."""
+    started = []
+
+    def start(endpoint: str, *args: str, **kwargs):
+        log_path = Path(sock_dir) / f"daemon-{len(started)}.log"
+        daemon = start_network_daemon(endpoint, *args, log_path=log_path, **kwargs)
         started.append(daemon)
         return daemon
 

@@ -58,6 +58,27 @@ def start_daemon(socket_path: str, *args: str, log_dir: str | None = None, env=N
     return Daemon(socket_path, process, log_path, list(args))
 
 
+def start_network_daemon(endpoint: str, *args: str, log_path: Path, env=None, timeout: float = 15.0) -> Daemon:
+    """A capsudod on a tcp://, tls:// or vsock:// endpoint (port 0: any free one).
+
+    Its `socket` is the address it logged as bound, ready for `capsudo -S`.
+    """
+    log = open(log_path, "wb")
+    process = subprocess.Popen([CAPSUDOD, "-S", endpoint, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+    log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log_path.read_text().splitlines():
+            if line.startswith("capsudod: listening on "):
+                return Daemon(line.removeprefix("capsudod: listening on "), process, log_path, list(args))
+        if process.poll() is not None:
+            break
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    raise AssertionError(f"capsudod did not start on {endpoint}: {log_path.read_text()}")
+
+
 def capsudo(socket_path: str, *argv: str, input: bytes | None = None, timeout: float = 20, env=None, **kwargs):
     return subprocess.run(
         [CAPSUDO, "-S", socket_path, *argv],
