@@ -123,7 +123,8 @@ class SessionModel(RuleBasedStateMachine):
         self.daemon_secret = os.open("/dev/null", os.O_RDONLY)
         os.set_inheritable(self.daemon_secret, True)
         self.descriptors_before = _open_descriptors()
-        assert not _children()
+        # Other tests in this process may have children of their own.
+        self.children_before = _children()
 
         self.client, daemon_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.client.settimeout(WAIT)
@@ -145,6 +146,9 @@ class SessionModel(RuleBasedStateMachine):
             self.send_session_type(SessionKind.INTERACTIVE)
 
     # -- the client's side of the wire -----------------------------------
+
+    def _session_children(self) -> set[int]:
+        return _children() - self.children_before
 
     def _send(self, message, fds=()) -> None:
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
@@ -229,7 +233,7 @@ class SessionModel(RuleBasedStateMachine):
     @rule()
     def send_end(self):
         # Nothing ran before End, however long the handshake took.
-        assert not _children()
+        assert not self._session_children()
         assert not _readable(self.stdout_read, 0), "the program wrote before End"
         self._send(End())
         self._read_report()
@@ -267,7 +271,7 @@ class SessionModel(RuleBasedStateMachine):
         elif what == "daemon's message":
             self._send(value)
         elif what == "end without stdio" and not self.delegated:
-            assert not _children()
+            assert not self._session_children()
             self._send(End())
         else:  # delegated twice (or End asked for after delegating: delegate again instead)
             for _ in range(1 if self.delegated else 2):
@@ -297,7 +301,7 @@ class SessionModel(RuleBasedStateMachine):
             else:
                 current.append(line)
         self.program_pid = int(sections["pid"][0])
-        assert self.program_pid in _children()
+        assert self.program_pid in self._session_children()
 
         assert sorted(sections["fds"], key=int) == ["0", "1", "2"], sections["fds"]
         expected_argv = list(PINNED) + ([] if self.policy.fixed_arguments else self.args)
@@ -354,7 +358,7 @@ class SessionModel(RuleBasedStateMachine):
     @rule()
     def after_the_end(self):
         # The session is over: nothing of it is left running or writing.
-        assert not _children()
+        assert not self._session_children()
         assert not _readable(self.stdout_read, 0)
 
     # -- always ----------------------------------------------------------
@@ -366,7 +370,7 @@ class SessionModel(RuleBasedStateMachine):
     @invariant()
     def nothing_runs_during_the_handshake(self):
         if self.phase == "handshake":
-            assert not _children()
+            assert not self._session_children()
             assert not _readable(self.stdout_read, 0)
 
     def teardown(self):
@@ -374,7 +378,7 @@ class SessionModel(RuleBasedStateMachine):
             return
         if self.phase != "done":
             self._finish_session()  # a hang-up, whatever the phase
-        assert not _children(), "a program outlived its session"
+        assert not self._session_children(), "a program outlived its session"
         for fd in (self.stdin_read, self.stdin_write, self.stdout_write, self.stderr_write):
             if fd is not None:
                 os.close(fd)
