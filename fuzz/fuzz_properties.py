@@ -170,13 +170,13 @@ def arrivals_from_bytes(data: bytes, descriptors_for: Callable[[int], int]) -> I
 
 
 def end_offset(data: bytes) -> int:
-    """Where the first End message of a decodable stream stops."""
-    decoder = ControlDecoder()
-    decoder.feed(data)
-    for message in decoder.messages():
-        if isinstance(message, End):
-            return len(data) - len(decoder._buffer)
-    raise ValueError("no End in these bytes")
+    """Where the End of an accepted handshake stops. Everything before it
+    re-encodes exactly (the lossy Error and Unauthorized would have been
+    refused), so the encoded lengths add up to it."""
+    offset = 0
+    for message in _messages_until_end(data):
+        offset += len(encode_message(message))
+    return offset + len(encode_message(End()))
 
 
 def _scripted_descriptors(count: int) -> int:
