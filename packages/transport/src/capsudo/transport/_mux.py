@@ -58,8 +58,8 @@ DEFAULT_STREAM_BUFFER = 256 * 1024
 DEFAULT_MAX_STREAMS = 64
 #: Control messages and stream announcements received but not yet taken by receive().
 EVENT_QUEUE_SIZE = 16
-#: How much the reader asks of the link at once.
-READ_SIZE = 64 * 1024
+#: How much the reader asks of the link at once: a whole data frame of ours.
+READ_SIZE = DATA_FRAME_SIZE
 #: How long a graceful close of the link (our end of file and the peer's, or a TLS close_notify) may take.
 CLOSE_TIMEOUT = 1.0
 #: When the writer finds the link broken, how long the reader gets to find out why.
@@ -522,7 +522,10 @@ class MuxStream(trio.abc.HalfCloseableStream):
         self.can_receive = announcer_writes if local else announcer_reads
         self._send_busy = _Busy("sending on")
         self._receive_busy = _Busy("receiving from")
-        self._buffer = bytearray()
+        # Arrived data as the frames brought it: handed on whole where it
+        # fits, so a byte is not copied again on its way to the consumer.
+        self._chunks: deque[bytes | memoryview] = deque()
+        self._buffered = 0
         self._limit = connection.stream_buffer_limit
         self._data_lot = trio.lowlevel.ParkingLot()
         self._space_lot = trio.lowlevel.ParkingLot()
@@ -539,7 +542,7 @@ class MuxStream(trio.abc.HalfCloseableStream):
     @property
     def buffered(self) -> int:
         """Bytes that arrived and wait for receive_some()."""
-        return len(self._buffer)
+        return self._buffered
 
     @property
     def peer_gone(self) -> bool:
@@ -641,9 +644,8 @@ class MuxStream(trio.abc.HalfCloseableStream):
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("this stream is closed")
-                if self._buffer:
-                    data = bytes(self._buffer[:max_bytes])
-                    del self._buffer[:max_bytes]
+                if self._chunks:
+                    data = self._take(max_bytes)
                     self._space_lot.unpark_all()
                     break
                 if self._eof_received or not self.can_receive:
@@ -658,6 +660,18 @@ class MuxStream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data
 
+    def _take(self, max_bytes: int) -> bytes:
+        first = self._chunks[0]
+        if len(first) <= max_bytes:
+            self._chunks.popleft()
+            data = first if isinstance(first, bytes) else bytes(first)
+        else:
+            view = first if isinstance(first, memoryview) else memoryview(first)
+            data = bytes(view[:max_bytes])
+            self._chunks[0] = view[max_bytes:]
+        self._buffered -= len(data)
+        return data
+
     # ---- closing -----------------------------------------------------------
 
     def close_nowait(self) -> None:
@@ -669,7 +683,8 @@ class MuxStream(trio.abc.HalfCloseableStream):
         if self.can_receive and not self._eof_received and not self._gone_sent:
             self._gone_sent = True
             self._connection._enqueue_close(self.stream_id)
-        self._buffer = bytearray()
+        self._chunks.clear()
+        self._buffered = 0
         self._data_lot.unpark_all()
         self._space_lot.unpark_all()
         self._interrupt()
@@ -687,11 +702,12 @@ class MuxStream(trio.abc.HalfCloseableStream):
             raise ProtocolError(f"StreamData on stream {self.stream_id} after its StreamClose")
         if not data:
             return
-        while not self._closed and self._buffer and len(self._buffer) + len(data) > self._limit:
+        while not self._closed and self._buffered and self._buffered + len(data) > self._limit:
             await self._space_lot.park()
         if self._closed:
             return  # nobody reads this stream any more
-        self._buffer += data
+        self._chunks.append(data)
+        self._buffered += len(data)
         self._data_lot.unpark_all()
 
     def _receive_close(self) -> None:
@@ -710,7 +726,8 @@ class MuxStream(trio.abc.HalfCloseableStream):
 
     def _connection_closed(self) -> None:
         self._closed = True
-        self._buffer = bytearray()
+        self._chunks.clear()
+        self._buffered = 0
         self._data_lot.unpark_all()
         self._space_lot.unpark_all()
         self._interrupt()
