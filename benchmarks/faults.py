@@ -204,8 +204,8 @@ def set_process_limit(user: "ScratchUser", pid: int, soft: str, hard: str) -> No
 
 
 def process_limit(verdict: Verdict) -> None:
-    if os.geteuid() != 0 or shutil.which("useradd") is None or shutil.which("setpriv") is None:
-        print("RLIMIT_NPROC: skipped (needs root, useradd and setpriv to run the daemon as another user)\n")
+    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("useradd", "setpriv", "prlimit")):
+        print("RLIMIT_NPROC: skipped (needs root, useradd, setpriv and prlimit to run the daemon as another user)\n")
         return
     directory = tempfile.mkdtemp(prefix="capsudo-faults-")
     os.chmod(directory, 0o777)  # the daemon, as the scratch user, binds its socket here
