@@ -224,7 +224,7 @@ def process_limit(verdict: Verdict) -> None:
                 with Phase("before", daemon.pid) as phase:
                     time.sleep(QUIET)
                 phases.append(phase)
-                with Phase(f"RLIMIT_NPROC reached", daemon.pid) as phase:
+                with Phase("RLIMIT_NPROC reached", daemon.pid) as phase:
                     reached = tasks_of(user.uid)
                     set_process_limit(user, daemon.pid, str(reached), original[1])
                     time.sleep(PRESSURE)

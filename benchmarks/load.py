@@ -26,7 +26,6 @@ connecting; the client's refusal is one line; the daemon serves again after.
 
 from __future__ import annotations
 
-import os
 import random
 import resource
 import selectors
@@ -135,7 +134,7 @@ def idle_connections(verdict: Verdict) -> None:
     print(f"\nloaded daemon's descriptors: {before} before, {held} with the idle connections, {still_held} after the runs")
     print()
     verdict.check(f"daemon accepted {IDLE} idle connections", f"{held - before} more descriptors", held - before >= IDLE)
-    verdict.check(f"idle connections still held after the runs", f"{still_held - before} more descriptors",
+    verdict.check("idle connections still held after the runs", f"{still_held - before} more descriptors",
                   still_held - before >= IDLE)
     kinds = [kind for kind, _ in parse_replies(answer)]
     verdict.check("an idle connection is still served when it speaks", f"replies {kinds}", kinds == [lean.ERROR, lean.EXIT])
@@ -213,7 +212,7 @@ def flood(verdict: Verdict) -> None:
         ["daemon descriptors: before / after", f"{base} / {drained}"],
     ]
     print(table([f"flood past --max-sessions {FLOOD_LIMIT}", "measured"], rows))
-    verdict.check(f"every flooded connection refused with 'too many sessions'", f"{well_refused} of {FLOOD}",
+    verdict.check("every flooded connection refused with 'too many sessions'", f"{well_refused} of {FLOOD}",
                   well_refused == FLOOD)
     verdict.check(f"slowest refusal < {REFUSAL_TARGET:g} s", ms(slowest), slowest < REFUSAL_TARGET)
     client_line = client_err.decode()
