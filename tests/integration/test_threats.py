@@ -198,6 +198,17 @@ def _descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def _settled_descriptors(pid: int) -> int:
+    """The daemon's descriptor count once it stops changing (start-up done)."""
+    previous = _descriptors(pid)
+    for _ in range(50):
+        time.sleep(0.1)
+        if (count := _descriptors(pid)) == previous:
+            return count
+        previous = count
+    return previous
+
+
 def _children(pid: int) -> list[str]:
     """The states of pid's children."""
     states = []
@@ -217,8 +228,7 @@ def test_out_of_descriptors_the_daemon_refuses_or_waits_without_spinning_and_rec
     import resource
 
     pid = daemon.process.pid
-    time.sleep(0.2)
-    idle = _descriptors(pid)
+    idle = _settled_descriptors(pid)
     original = resource.prlimit(pid, resource.RLIMIT_NOFILE)
     try:
         # One descriptor to spare: the connection is accepted, the three
