@@ -1,19 +1,32 @@
-"""Output through an interactive session's pty, beside a plain pty.
+"""Output through an interactive session's pty, beside plain ptys.
 
 Subject: `capsudo -S ENDPOINT -i -- sh -c 'COMMAND'`, where the program
 writes into the pty the daemon allocated and the daemon relays the master to
-the client's stdout. Baseline, in the same run and interleaved with it:
-`script -qfec 'COMMAND' /dev/null`, util-linux's script relaying a pty of its
-own, in C. COMMAND is `head -c SIZE /dev/zero`, run twice over:
+the client's stdout. Two baselines, in the same run and interleaved with it:
+
+- script: `script -qfec 'COMMAND' /dev/null`, util-linux's script relaying a
+  pty of its own, in C, to the same stdout;
+- bare pty: a pty this script opens itself, COMMAND's stdout on the slave and
+  this script reading the master with blocking 64 KiB reads, discarding what
+  it reads: the kernel's pty alone, with the cheapest possible reader. No
+  relay can beat it.
+
+COMMAND is `head -c SIZE /dev/zero`, run twice over:
 
 - cooked: the terminal as a program finds it (OPOST, ONLCR). The kernel's
   output processing, in the writer's own write(2) calls, costs more than
-  everything else on the path, so both relays meet the same ceiling;
+  everything else on the path, so every relay meets the same ceiling;
 - raw: `stty raw -echo` first, as a full-screen program does; what is left
   to measure is the relay.
 
-Output goes to /dev/null, or with --pipe into a pipe this script drains and
-counts (the count is checked). MB are 10^6 bytes.
+capsudo's and script's output goes to /dev/null, or with --pipe into a pipe
+this script drains and counts (the count is checked; the bare pty's reader
+counts too). MB are 10^6 bytes.
+
+Besides the rates, which move with whatever else runs on the machine, each
+subject's relay CPU time per GB: the daemon's and the client's own time for
+capsudo, script's own time, the reading thread's for the bare pty (never the
+program's, nor the kernel's work done in the program's write calls).
 
 Target: capsudo's median at least 150 MB/s in both modes and at least 0.9x
 script's median in the same mode.
@@ -24,6 +37,8 @@ script's median in the same mode.
 from __future__ import annotations
 
 import argparse
+import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -33,6 +48,7 @@ import time
 from _harness import CAPSUDO, Daemon, Verdict, median, table
 
 TARGET_MB_S = 150.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TARGET_RATIO = 0.9
 
 MODES = {
@@ -48,25 +64,76 @@ def _drain(stream, counted: list[int]) -> None:
     counted.append(total)
 
 
-def run_once(argv: list[str], size: int, pipe: bool) -> float:
-    """Seconds from start to end of one run; checks status and byte count."""
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of pid itself (not its children), from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _wait_with_cpu(process: subprocess.Popen) -> tuple[int, float]:
+    """Its status and its own CPU time: read while it is a zombie, before reaping."""
+    os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+    cpu = _cpu_seconds(process.pid)
+    return process.wait(), cpu
+
+
+def run_once(argv: list[str], size: int, pipe: bool, helper: int | None = None) -> tuple[float, float]:
+    """(seconds from start to end, CPU seconds of the relay) for one run; checks
+    status and byte count. The relay is the process run here, plus `helper`
+    (the daemon) when given: neither counts the program's own time."""
+    helper_before = _cpu_seconds(helper) if helper else 0.0
     start = time.perf_counter()
     if pipe:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         counted: list[int] = []
         drainer = threading.Thread(target=_drain, args=(process.stdout, counted))
         drainer.start()
-        status = process.wait()
+        status, cpu = _wait_with_cpu(process)
         drainer.join()
+        process.stdout.close()
         elapsed = time.perf_counter() - start
         if counted[0] != size:
             raise RuntimeError(f"{argv}: {counted[0]} bytes arrived, {size} expected")
     else:
-        status = subprocess.call(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        status, cpu = _wait_with_cpu(process)
         elapsed = time.perf_counter() - start
+    if helper:
+        cpu += _cpu_seconds(helper) - helper_before
     if status != 0:
         raise RuntimeError(f"{argv} exited with status {status}")
-    return elapsed
+    return elapsed, cpu
+
+
+def run_bare_pty(command: str, size: int) -> tuple[float, float]:
+    """(seconds, CPU seconds of the reading thread) for `sh -c command` on a
+    pty of our own, read here to its end."""
+    master, slave = pty.openpty()
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        ["sh", "-c", command], stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+    )
+    os.close(slave)
+    cpu_start = time.thread_time()
+    total = 0
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # EIO: the last holder of the slave closed it
+            break
+        if not chunk:
+            break
+        total += len(chunk)
+    cpu = time.thread_time() - cpu_start
+    status = process.wait()
+    elapsed = time.perf_counter() - start
+    os.close(master)
+    if status != 0:
+        raise RuntimeError(f"{command} on a bare pty exited with status {status}")
+    if total != size:
+        raise RuntimeError(f"{command} on a bare pty: {total} bytes arrived, {size} expected")
+    return elapsed, cpu
 
 
 def main() -> int:
@@ -87,19 +154,27 @@ def main() -> int:
         for mode, template in MODES.items():
             command = template.format(size=size)
             subjects = {
-                "capsudo -i": [CAPSUDO, "-S", daemon.socket, "-i", "--", "sh", "-c", command],
-                "script": ["script", "-qfec", command, "/dev/null"],
+                "capsudo -i": lambda: run_once(
+                    [CAPSUDO, "-S", daemon.socket, "-i", "--", "sh", "-c", command], size, options.pipe,
+                    helper=daemon.pid,
+                ),
+                "script": lambda: run_once(["script", "-qfec", command, "/dev/null"], size, options.pipe),
+                "bare pty": lambda: run_bare_pty(command, size),
             }
             rates: dict[str, list[float]] = {name: [] for name in subjects}
+            costs: dict[str, list[float]] = {name: [] for name in subjects}
             for repetition in range(options.repeat):
-                # Alternate which goes first, so neither always meets a warm cache.
-                order = list(subjects) if repetition % 2 == 0 else list(reversed(subjects))
-                for name in order:
-                    rates[name].append(size / run_once(subjects[name], size, options.pipe) / 1e6)
+                # Rotate which goes first, so none always meets a warm cache.
+                names = list(subjects)
+                shift = repetition % len(names)
+                for name in names[shift:] + names[:shift]:
+                    elapsed, cpu = subjects[name]()
+                    rates[name].append(size / elapsed / 1e6)
+                    costs[name].append(cpu / (size / 1e9))
             for name, values in rates.items():
                 rows.append(
                     [f"{mode}: {name}", f"{median(values):.0f}", f"{max(values):.0f}", f"{min(values):.0f}",
-                     " ".join(f"{value:.0f}" for value in values)]
+                     f"{median(costs[name]):.2f}", " ".join(f"{value:.0f}" for value in values)]
                 )
             ours, theirs = median(rates["capsudo -i"]), median(rates["script"])
             verdict.check(f"{mode}: capsudo -i >= {TARGET_MB_S:.0f} MB/s", f"{ours:.0f} MB/s", ours >= TARGET_MB_S)
@@ -107,7 +182,7 @@ def main() -> int:
                 f"{mode}: capsudo -i >= {TARGET_RATIO}x script", f"{ours / theirs:.2f}x ({theirs:.0f} MB/s)",
                 ours >= TARGET_RATIO * theirs,
             )
-    print(table(["MB/s", "median", "best", "worst", "runs"], rows))
+    print(table(["MB/s", "median", "best", "worst", "relay CPU s/GB", "runs"], rows))
     return verdict.finish()
 
 

@@ -10,7 +10,6 @@ to the program when the client or the daemon goes away.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import termios
@@ -118,6 +117,21 @@ def pid_alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def child_of(parent: int) -> int:
+    """The pid of parent's only child."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == parent:
+                        children.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+    assert len(children) == 1, f"{parent} has children {children}"
+    return children[0]
 
 
 def wait_gone(pid: int, timeout: float) -> float:
@@ -245,8 +259,7 @@ def test_terminal_settings_restored_when_the_client_is_signalled(outer_shell, si
     outer_shell.run(f"{CAPSUDO} -S {outer_shell.socket} -- sh -c 'echo session-$((6 * 7)); exec sleep 100'; echo status=$?")
     outer_shell.child.expect_exact("session-42")
     assert outer_shell.in_raw_mode()
-    client = int(subprocess.run(["pgrep", "-P", str(outer_shell.child.pid), "-f", "capsudo"],
-                                capture_output=True, text=True).stdout.split()[0])
+    client = child_of(outer_shell.child.pid)
     os.kill(client, signum)
     assert outer_shell.status() == 128 + signum
     assert outer_shell.settings() == before
