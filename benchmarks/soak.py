@@ -2,11 +2,12 @@
 
 Starts a daemon, runs a warm-up (imports, caches and trio's thread pool
 settle), reads the daemon's VmRSS and descriptor count, then runs SESSIONS
-more from 4 threads through the library API, reading again after every
-2,000. The mix: mostly `true`; one in ten `false` (a failing status comes
-back); one in ten a program that does not exist (the refusal path). At the
-end, and at every reading, it looks in /proc for children of the daemon: a
-child in state Z is a program the daemon failed to reap.
+more through the library API, reading again after every 2,000. The mix:
+mostly `true`; one in ten `false` (a failing status comes back); one in ten
+a program that does not exist (the refusal path); one in ten `true` in an
+interactive session (a pty allocated and relayed by the daemon). At every
+reading it looks in /proc for children of the daemon: a child in state Z is
+a program the daemon failed to reap.
 
 Targets: VmRSS grew by less than 5 MB (5,000,000 bytes) after the warm-up;
 the descriptor count is the same as after the warm-up; no zombie child; and
@@ -25,7 +26,7 @@ import time
 from _harness import Daemon, Verdict, table
 from memory import descriptors, resident_kib
 
-from capsudo.core import run
+from capsudo.core import build_request, run, run_unix_session
 
 WARMUP = 300
 THREADS = 4
@@ -67,35 +68,60 @@ def settled(pid: int, idle_fds: int | None) -> tuple[int, int, list[tuple[int, s
     return resident_kib(pid), descriptors(pid), children(pid)
 
 
-def expected_status(number: int) -> tuple[list[str], int]:
+def expected_status(number: int) -> tuple[list[str], int, bool]:
+    """(argv, the status it must end with, interactive) for session number."""
     if number % 10 == 9:
-        return ["capsudo-no-such-program"], 127
+        return ["capsudo-no-such-program"], 127, False
     if number % 10 == 4:
-        return ["false"], 1
-    return ["true"], 0
+        return ["false"], 1, False
+    return ["true"], 0, number % 10 == 7
 
 
 def sessions(endpoint: str, first: int, count: int, devnull: int) -> int:
-    """Run sessions first..first+count from THREADS threads; how many went wrong."""
+    """Run sessions first..first+count; how many went wrong.
+
+    Plain sessions come from THREADS threads; the interactive ones from the
+    main thread meanwhile, because an interactive client installs signal
+    handlers (to restore the terminal), which only the main thread may do.
+    A session that raises counts as wrong, and the first failure is shown.
+    """
     lock = threading.Lock()
-    state = {"next": first, "wrong": 0}
+    numbers = range(first, first + count)
+    plain = iter([number for number in numbers if not expected_status(number)[2]])
+    state = {"wrong": 0, "first failure": None}
+
+    def one(number: int) -> None:
+        argv, status, interactive = expected_status(number)
+        try:
+            if interactive:
+                request = build_request(argv, interactive=True, stdio=(devnull, devnull, devnull))
+                result = run_unix_session(endpoint, request)
+            else:
+                result = run(argv, endpoint=endpoint, stdin=devnull, stdout=devnull, stderr=devnull)
+            failure = None if result.status == status else f"{argv}: status {result.status}, {result.errors}"
+        except Exception as exc:
+            failure = f"{argv}: {type(exc).__name__}: {exc}"
+        if failure:
+            with lock:
+                state["wrong"] += 1
+                if state["first failure"] is None:
+                    state["first failure"] = failure
+                    print(f"session {number} went wrong: {failure}", file=sys.stderr)
 
     def worker() -> None:
         while True:
             with lock:
-                number = state["next"]
-                if number >= first + count:
-                    return
-                state["next"] += 1
-            argv, status = expected_status(number)
-            result = run(argv, endpoint=endpoint, stdin=devnull, stdout=devnull, stderr=devnull)
-            if result.status != status:
-                with lock:
-                    state["wrong"] += 1
+                number = next(plain, None)
+            if number is None:
+                return
+            one(number)
 
     threads = [threading.Thread(target=worker) for _ in range(THREADS)]
     for thread in threads:
         thread.start()
+    for number in numbers:
+        if expected_status(number)[2]:
+            one(number)
     for thread in threads:
         thread.join()
     return state["wrong"]
@@ -129,7 +155,8 @@ def main() -> int:
     os.close(devnull)
 
     print(table(["reading", "RSS since warm-up", "VmRSS", "descriptors", "children", "sessions/s"], readings))
-    print(f"\n{total} sessions in {elapsed:.1f} s ({total / elapsed:.0f}/s), {THREADS} threads")
+    print(f"\n{total} sessions in {elapsed:.1f} s ({total / elapsed:.0f}/s): plain ones from {THREADS} threads,"
+          " interactive ones from the main thread")
     growth = (after_rss - before_rss) * 1024
     verdict.check("VmRSS growth < 5 MB", f"{growth / 1e6:+.2f} MB ({before_rss} -> {after_rss} KiB)", growth < LIMIT_BYTES)
     verdict.check("descriptor count unchanged", f"{before_fds} -> {after_fds}", after_fds == before_fds)
