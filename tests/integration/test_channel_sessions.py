@@ -200,16 +200,17 @@ def test_interactive_session_over_tcp_follows_a_resize(network_daemon_factory):
 
 
 @pytest.mark.terminal
-def test_interactive_session_over_tcp_restores_the_terminal(network_daemon_factory):
+def test_interactive_session_over_tcp_restores_the_terminal(network_daemon_factory, tmp_path):
     pexpect = pytest.importorskip("pexpect")
     daemon = network_daemon_factory("tcp://127.0.0.1:0")
     # A shell holds the terminal; capsudo runs inside it and must give back cooked mode.
-    shell = pexpect.spawn("sh", env={**os.environ, "PS1": "outer$ ", "TERM": "dumb"}, timeout=20)
+    shell = pexpect.spawn("sh", env={**os.environ, "PS1": "outer$ ", "TERM": "dumb"}, timeout=20, cwd=str(tmp_path))
     try:
         shell.expect_exact("outer$ ")
         shell.sendline("stty -g > before; " + f"{CAPSUDO} -S {daemon.socket} -- sh -c 'stty size'; stty -g > after; cmp before after && echo SAME")
         shell.expect(r"\d+ \d+")
         shell.expect("SAME")
+        assert (tmp_path / "before").read_bytes().strip(), "stty -g printed nothing"
         shell.sendline("exit")
         shell.expect(pexpect.EOF)
     finally:
