@@ -51,7 +51,7 @@ import time
 from _harness import CAPSUDO, CAPSUDOD, Daemon, Verdict, ms, table, wait_until_connectable
 from memory import descriptors
 
-from capsudo.core import run
+from capsudo.core import ClientError, run
 
 PROBE_INTERVAL = 0.1
 QUIET = 1.0
@@ -83,9 +83,16 @@ class Probes:
 
     def _one(self) -> None:
         started = time.monotonic()
-        result = run(["true"], endpoint=self.endpoint, stdin=self.devnull, stdout=self.devnull, stderr=self.devnull)
+        try:
+            result = run(["true"], endpoint=self.endpoint, stdin=self.devnull, stdout=self.devnull, stderr=self.devnull)
+            status, errors = result.status, list(result.errors)
+        except ClientError as exc:
+            # What the command line would print as its one line.
+            status, errors = exc.status, [str(exc)]
+        except Exception as exc:
+            status, errors = None, [f"{type(exc).__name__}: {exc}"]
         with self.lock:
-            self.outcomes.append((started, time.monotonic(), result.status, list(result.errors)))
+            self.outcomes.append((started, time.monotonic(), status, errors))
 
     def _tick(self) -> None:
         while not self.stopping.wait(PROBE_INTERVAL):
@@ -152,6 +159,12 @@ def recovery(probes: Probes, released_at: float) -> float:
     with probes.lock:
         ends = [ended for _, ended, status, errors in probes.outcomes if status == 0 and not errors and ended >= released_at]
     return min(ends) - released_at if ends else float("inf")
+
+
+def check_no_client_crashed(verdict: Verdict, name: str, probes: Probes) -> None:
+    crashed = [errors[0] for _, _, status, errors in probes.outcomes if status is None]
+    verdict.check(f"{name}: every client ended with a status", f"{len(crashed)} raised" + (f", e.g. {crashed[0]}" if crashed else ""),
+                  not crashed)
 
 
 PHASE_HEADER = ["phase", "length", "served", "refused", "daemon CPU", "a refusal, as the client reports it"]
@@ -254,6 +267,7 @@ def process_limit(verdict: Verdict) -> None:
     verdict.check("RLIMIT_NPROC: sessions refused with an error",
                   f"{len(refused)} refused", bool(refused) and all(errors for *_, errors in refused))
     verdict.check("RLIMIT_NPROC: no session left hanging", f"{len(hung)} over 30 s", not hung)
+    check_no_client_crashed(verdict, "RLIMIT_NPROC", probes)
     verdict.check(f"RLIMIT_NPROC: daemon CPU < {CPU_TARGET:.0%} under pressure", f"{pressure.cpu_share:.1%}",
                   pressure.cpu_share < CPU_TARGET)
     back = recovery(probes, pressure.end)
@@ -317,6 +331,7 @@ def descriptor_limit(verdict: Verdict) -> None:
     back = recovery(probes, at_limit.end)
     verdict.check(f"RLIMIT_NOFILE: served again within {RECOVERY_TARGET:g} s", ms(back), back < RECOVERY_TARGET)
     verdict.check("RLIMIT_NOFILE: descriptors back to the idle count", f"{idle} -> {final_fds}", final_fds == idle)
+    check_no_client_crashed(verdict, "RLIMIT_NOFILE", probes)
     verdict.check("RLIMIT_NOFILE: daemon still running", "running" if alive else daemon_log[-300:], alive)
 
 
