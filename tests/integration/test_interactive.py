@@ -207,6 +207,28 @@ def test_resize_reaches_the_program_and_does_not_end_the_session(daemon):
     assert finish(child) == 0
 
 
+def test_a_storm_of_resizes_during_output_ends_nothing(daemon):
+    child = spawn_client(
+        daemon.socket, "--", "sh", "-c",
+        'seq 1 20000 >/dev/tty; while read line; do echo "size=$(stty size)"; done; echo finished',
+    )
+    child.expect_exact("1\r\n")
+    for step in range(200):
+        child.setwinsize(20 + step % 30, 60 + step % 70)
+    child.setwinsize(45, 150)
+    child.expect_exact("20000\r\n")
+    deadline = time.monotonic() + 10
+    while True:
+        child.sendline("")
+        index = child.expect(["size=45 150", r"size=\d+ \d+"])
+        if index == 0:
+            break
+        assert time.monotonic() < deadline, "the program never saw the last size"
+    child.sendcontrol("d")
+    child.expect_exact("finished")
+    assert finish(child) == 0
+
+
 def test_initial_size_comes_from_the_callers_terminal(daemon):
     child = spawn_client(daemon.socket, "--", "stty", "size", rows=33, cols=111)
     child.expect_exact("33 111")
@@ -236,6 +258,14 @@ def test_terminal_settings_restored_after_a_session(outer_shell):
     outer_shell.child.sendline("")
     assert outer_shell.status() == 0
     assert not outer_shell.in_raw_mode()
+    assert outer_shell.settings() == before
+
+
+def test_terminal_settings_restored_after_a_refused_session(outer_shell):
+    before = outer_shell.settings()
+    outer_shell.run(f"{CAPSUDO} -S {outer_shell.socket} -- /nonexistent/program; echo status=$?")
+    outer_shell.child.expect(r"capsudo: error: unable to run /nonexistent/program[^\r\n]*\r\n")
+    assert outer_shell.status() == 127
     assert outer_shell.settings() == before
 
 
