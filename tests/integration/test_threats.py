@@ -276,3 +276,53 @@ def test_many_sessions_leave_no_descriptor_and_no_zombie_behind(daemon):
         time.sleep(0.1)
     assert _descriptors(pid) == before
     assert _children(pid) == []
+
+
+def test_a_client_flooding_messages_after_End_does_not_stop_others_being_served(daemon):
+    import array
+    import threading
+
+    from capsudo.proto import lean
+
+    flooder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    flooder.connect(daemon.socket)
+    read_end, write_end = os.pipe()
+    try:
+        flooder.sendall(lean.arg("sleep") + lean.arg("30"))
+        flooder.sendmsg([lean.fd(3)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                         array.array("i", [read_end, write_end, write_end]))])
+        flooder.sendall(lean.end())
+        burst = lean.winsize(24, 80) * 5000
+        stop = threading.Event()
+        sent = [0]
+
+        def flood() -> None:
+            try:
+                while not stop.is_set():
+                    flooder.sendall(burst)
+                    sent[0] += 5000
+            except OSError:
+                pass
+
+        thread = threading.Thread(target=flood)
+        thread.start()
+        try:
+            time.sleep(0.3)
+            durations = []
+            for _ in range(5):
+                started = time.monotonic()
+                result = capsudo(daemon.socket, "--", "echo", "served")
+                durations.append(time.monotonic() - started)
+                assert (result.returncode, result.stdout) == (0, b"served\n"), result.stderr
+        finally:
+            stop.set()
+            flooder.shutdown(socket.SHUT_RDWR)
+            thread.join(10)
+    finally:
+        flooder.close()
+        os.close(read_end)
+        os.close(write_end)
+    # Many thousands of messages were taken in while the others were served.
+    assert sent[0] >= 5000
+    assert max(durations) < 5, durations
+    assert daemon.process.poll() is None
