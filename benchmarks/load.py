@@ -17,21 +17,31 @@ real `capsudo -- true` in the middle of the flood must fail with that one
 line. When the 32 go away, `capsudo -- true` works again and the daemon's
 descriptor count is back where it started.
 
+Message flood. One session on a daemon, after its End, sends window sizes
+as fast as the daemon takes them; `capsudo -- true` is timed on that daemon
+and on a quiet one with the same flags, interleaved, and the flooded
+daemon's CPU time is read over the runs. Nothing limits that flood: the
+figure says what it costs.
+
 Targets: with IDLE idle connections, median `capsudo -- true` < 50 ms; every
 flooded connection refused with "too many sessions" within 2 s of
-connecting; the client's refusal is one line; the daemon serves again after.
+connecting; the client's refusal is one line; the daemon serves again after;
+during the message flood every session is still served.
 
     .venv/bin/python benchmarks/load.py [IDLE [ROUNDS]]
 """
 
 from __future__ import annotations
 
+import array
+import os
 import random
 import resource
 import selectors
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from _harness import CAPSUDO, Daemon, Verdict, median, ms, percentile, table
@@ -223,12 +233,73 @@ def flood(verdict: Verdict) -> None:
     verdict.check("descriptor count back to the start", f"{base} -> {drained}", drained == base)
 
 
+def message_flood(verdict: Verdict) -> None:
+    with Daemon() as flooded, Daemon() as quiet:
+        flooder = connect(flooded.socket)
+        read_end, write_end = os.pipe()
+        flooder.sendall(lean.arg("sleep") + lean.arg("3600"))
+        flooder.sendmsg([lean.fd(3)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                         array.array("i", [read_end, write_end, write_end]))])
+        flooder.sendall(lean.end())
+        burst = lean.winsize(24, 80) * 5000
+        stop = threading.Event()
+        sent = [0]
+
+        def flood() -> None:
+            try:
+                while not stop.is_set():
+                    flooder.sendall(burst)
+                    sent[0] += 5000
+            except OSError:
+                pass
+
+        thread = threading.Thread(target=flood)
+        thread.start()
+        times: dict[str, list[float]] = {"flooded": [], "quiet": []}
+        order = ["flooded", "quiet"]
+        shuffle = random.Random(9)
+        failures = 0
+        time.sleep(0.3)
+        cpu_start, started = cpu_seconds(flooded.pid), time.monotonic()
+        for _ in range(ROUNDS // 2):
+            shuffle.shuffle(order)
+            for name in order:
+                try:
+                    times[name].append(one_session(flooded.socket if name == "flooded" else quiet.socket))
+                except RuntimeError:
+                    failures += 1
+        cpu_share = (cpu_seconds(flooded.pid) - cpu_start) / (time.monotonic() - started)
+        stop.set()
+        flooder.shutdown(socket.SHUT_RDWR)
+        thread.join(10)
+        flooder.close()
+        os.close(read_end)
+        os.close(write_end)
+
+    rows = [
+        ["capsudo -- true, another session flooding window sizes", ms(median(times["flooded"])),
+         ms(percentile(times["flooded"], 0.9))],
+        ["capsudo -- true, quiet daemon (baseline)", ms(median(times["quiet"])), ms(percentile(times["quiet"], 0.9))],
+    ]
+    print(table([f"{ROUNDS // 2} runs each, interleaved", "median", "p90"], rows))
+    print(f"\nwindow sizes sent: {sent[0]}; the flooded daemon's CPU over the runs: {cpu_share:.0%} of a core")
+    verdict.check("message flood: every other session served", f"{failures} failed", failures == 0)
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     raise_descriptor_limit(IDLE + FLOOD + 1000)
     verdict = Verdict(f"load: {IDLE} idle connections; a flood of {FLOOD} past --max-sessions {FLOOD_LIMIT}")
     idle_connections(verdict)
     print()
     flood(verdict)
+    print()
+    message_flood(verdict)
     return verdict.finish()
 
 
