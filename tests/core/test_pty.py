@@ -283,7 +283,7 @@ async def test_views_by_kind(tmp_path):  # closing a view tells trio's loop
         views.append(_open_view(a.fileno(), True))
         assert isinstance(views[-1], _SocketView) and os.get_blocking(a.fileno())
         views.append(_open_view(regular, True))
-        assert isinstance(views[-1], _PlainView)
+        assert isinstance(views[-1], _ThreadedView) and not views[-1]._pollable
         views.append(_open_view(null, True))
         assert isinstance(views[-1], _PlainView)
     finally:

@@ -9,10 +9,15 @@ to the program when the client or the daemon goes away.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import select
 import signal
+import struct
 import subprocess
 import termios
+import threading
 import time
 
 import pexpect
@@ -457,7 +462,7 @@ def test_a_client_that_stops_reading_does_not_delay_another_session(daemon):
         assert stalled.poll() is None
         for _ in range(3):
             start = time.monotonic()
-            result = capsudo(daemon.socket, "-i", "--", "echo", "through", stdin=subprocess.DEVNULL, timeout=30)
+            result = capsudo(daemon.socket, "-i", "--", "echo", "through", stdin=subprocess.DEVNULL, timeout=15)
             assert result.stdout == b"through\r\n"
             assert time.monotonic() - start < 5
     finally:
@@ -503,3 +508,115 @@ def test_signal_to_the_client_hangs_up_the_program_in_both_kinds_of_session(daem
         client.kill()
         client.wait()
         client.stdout.close()
+
+
+class HangingFileSystem:
+    """A FUSE file system served here, with one file, `sink`, whose writes
+    are never answered: the file system of a client that wants to freeze
+    whoever writes to it. Closing the device fails what is pending."""
+
+    IN_HEADER = struct.Struct("IIQQIIIHH")
+    OUT_HEADER = struct.Struct("IiQ")
+    LOOKUP, GETATTR, OPEN, RELEASE, FLUSH, INIT, WRITE, INTERRUPT = 1, 3, 14, 18, 25, 26, 16, 36
+    FOPEN_DIRECT_IO = 1
+    SINK_NODE = 2
+
+    def __init__(self, mountpoint: str) -> None:
+        self.mountpoint = mountpoint
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.device = os.open("/dev/fuse", os.O_RDWR)
+        options = f"fd={self.device},rootmode=40000,user_id=0,group_id=0".encode()
+        if self.libc.mount(b"capsudo-test", mountpoint.encode(), b"fuse", 0, options) != 0:
+            os.close(self.device)
+            pytest.skip(f"cannot mount a FUSE file system: {os.strerror(ctypes.get_errno())}")
+        self.writes_held = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _attr(self, node: int) -> bytes:
+        mode = 0o40755 if node == 1 else 0o100666
+        # ino size blocks atime mtime ctime (nsecs) mode nlink uid gid rdev blksize flags
+        return struct.pack("QQQQQQIIIIIIIIII", node, 0, 0, 0, 0, 0, 0, 0, 0, mode, 1, 0, 0, 0, 4096, 0)
+
+    def _reply(self, unique: int, body: bytes = b"", error: int = 0) -> None:
+        try:
+            os.write(self.device, self.OUT_HEADER.pack(self.OUT_HEADER.size + len(body), -error, unique) + body)
+        except OSError:
+            pass  # the request was interrupted or the connection is gone
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            # Polled, so that close() can stop this thread before it closes
+            # the device (a read blocked on it would never return).
+            if not select.select([self.device], [], [], 0.05)[0]:
+                continue
+            try:
+                request = os.read(self.device, 1 << 21)
+            except OSError:
+                return  # unmounted
+            _, opcode, unique, node, *_ = self.IN_HEADER.unpack_from(request)
+            payload = request[self.IN_HEADER.size :]
+            if opcode == self.INIT:
+                major, minor, readahead, flags = struct.unpack_from("IIII", payload)
+                # major minor max_readahead flags max_background congestion max_write time_gran, then zeros
+                self._reply(unique, struct.pack("IIIIHHII", 7, 31, readahead, 0, 16, 12, 1 << 17, 1) + bytes(32))
+            elif opcode == self.LOOKUP:
+                if payload.rstrip(b"\0") == b"sink":
+                    # nodeid generation entry_valid attr_valid (nsecs), attr: nothing cached
+                    entry = struct.pack("QQQQII", self.SINK_NODE, 1, 0, 0, 0, 0)
+                    self._reply(unique, entry + self._attr(self.SINK_NODE))
+                else:
+                    self._reply(unique, error=errno.ENOENT)
+            elif opcode == self.GETATTR:
+                self._reply(unique, struct.pack("QII", 0, 0, 0) + self._attr(node))
+            elif opcode == self.OPEN:
+                self._reply(unique, struct.pack("QIi", 1, self.FOPEN_DIRECT_IO, 0))
+            elif opcode == self.WRITE:
+                self.writes_held += 1  # never answered
+            elif opcode in (self.FLUSH, self.RELEASE):
+                self._reply(unique)
+            elif opcode == self.INTERRUPT:
+                pass
+            else:
+                self._reply(unique, error=errno.ENOSYS)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+        os.close(self.device)  # aborts the connection: held writes fail
+        self.libc.umount2(self.mountpoint.encode(), 2)  # MNT_DETACH
+
+
+@pytest.mark.root
+def test_a_client_output_file_that_never_takes_a_write_does_not_stall_other_sessions(daemon, sock_dir):
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse")
+    mountpoint = f"{sock_dir}/mnt"
+    os.mkdir(mountpoint)
+    filesystem = HangingFileSystem(mountpoint)
+    stalled = None
+    try:
+        sink = os.open(f"{mountpoint}/sink", os.O_WRONLY)
+        try:
+            stalled = subprocess.Popen(
+                [CAPSUDO, "-S", daemon.socket, "-i", "--", "sh", "-c", "echo into-the-file; exec sleep 100"],
+                stdin=subprocess.DEVNULL, stdout=sink,
+            )
+        finally:
+            os.close(sink)
+        deadline = time.monotonic() + 10
+        while filesystem.writes_held == 0:
+            assert time.monotonic() < deadline, "the daemon never wrote to the file"
+            time.sleep(0.02)
+        for _ in range(3):
+            start = time.monotonic()
+            result = capsudo(daemon.socket, "-i", "--", "echo", "through", stdin=subprocess.DEVNULL, timeout=15)
+            assert result.stdout == b"through\r\n"
+            assert time.monotonic() - start < 5
+        assert stalled.poll() is None
+    finally:
+        filesystem.close()
+        if stalled is not None:
+            stalled.kill()
+            stalled.wait()

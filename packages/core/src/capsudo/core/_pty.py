@@ -113,9 +113,10 @@ class _View:
 
 
 class _PlainView(_View):
-    """Regular files and the mem devices: reads and writes do not block, and
-    epoll refuses them. Should the client have made one non-blocking (where
-    that means anything), "not now" is answered by retrying a little later."""
+    """The mem devices (/dev/null, /dev/zero...): reads and writes never
+    block, and epoll refuses them. Should the client have made one
+    non-blocking (where that means anything), "not now" is answered by
+    retrying a little later."""
 
     _backoff = False
 
@@ -263,12 +264,18 @@ def _pollable(fd: int) -> bool:
 def _open_view(fd: int, reading: bool) -> _View:
     """A view of the client's descriptor that can never block the event loop,
     and that leaves the client's own file description exactly as it was."""
+    kind, private = _prepare_view(fd, reading)
+    return kind(private)
+
+
+def _prepare_view(fd: int, reading: bool) -> tuple[type[_View], int]:
+    """The kind of view fd needs, and a descriptor of our own for it."""
     info = os.fstat(fd)
     mode = info.st_mode
-    if stat.S_ISREG(mode) or (stat.S_ISCHR(mode) and os.major(info.st_rdev) == _MEM_MAJOR):
-        return _PlainView(os.dup(fd))
+    if stat.S_ISCHR(mode) and os.major(info.st_rdev) == _MEM_MAJOR:
+        return _PlainView, os.dup(fd)
     if stat.S_ISSOCK(mode):
-        return _SocketView(os.dup(fd))
+        return _SocketView, os.dup(fd)
     reopenable = stat.S_ISFIFO(mode) or (
         stat.S_ISCHR(mode) and os.major(info.st_rdev) != _TTYAUX_MAJOR and os.isatty(fd)
     )
@@ -283,12 +290,42 @@ def _open_view(fd: int, reading: bool) -> _View:
         else:
             reopened = os.fstat(private)
             if (reopened.st_dev, reopened.st_ino, reopened.st_rdev) == (info.st_dev, info.st_ino, info.st_rdev):
-                return _View(private)
+                return _View, private
             os.close(private)
         if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
             # Already non-blocking on the client's side: use it as it is.
-            return _View(os.dup(fd))
-    return _ThreadedView(os.dup(fd))
+            return _View, os.dup(fd)
+    # Regular files too: one on a network or FUSE file system blocks for as
+    # long as its server likes, and the client may be that server.
+    return _ThreadedView, os.dup(fd)
+
+
+async def _open_view_off_loop(fd: int, reading: bool) -> _View:
+    """_open_view, with the descriptor's inspection (fstat may wait on a file
+    system's server, as above) in a worker thread. Cancelled, it leaves no
+    descriptor behind, whenever the abandoned thread finishes."""
+    lock = threading.Lock()
+    outcome: dict[str, object] = {}
+
+    def prepare() -> None:
+        prepared = _prepare_view(fd, reading)
+        with lock:
+            if outcome.get("abandoned"):
+                os.close(prepared[1])
+            else:
+                outcome["prepared"] = prepared
+
+    try:
+        await trio.to_thread.run_sync(prepare, abandon_on_cancel=True, limiter=trio.CapacityLimiter(1))
+    except trio.Cancelled:
+        with lock:
+            outcome["abandoned"] = True
+            prepared = outcome.pop("prepared", None)
+        if prepared is not None:
+            os.close(prepared[1])
+        raise
+    kind, private = outcome["prepared"]
+    return kind(private)
 
 
 # --- starting the program ------------------------------------------------------
@@ -564,8 +601,8 @@ async def open_pty_program(
     """
     views: list[_View] = []
     try:
-        views.append(_open_view(stdio_fds[0], reading=True))
-        views.append(_open_view(stdio_fds[1], reading=False))
+        views.append(await _open_view_off_loop(stdio_fds[0], reading=True))
+        views.append(await _open_view_off_loop(stdio_fds[1], reading=False))
         pid, master = _spawn(executable, argv, env, _pack_winsize(winsize))
     except BaseException:
         for view in views:
