@@ -276,11 +276,14 @@ def test_terminal_settings_restored_after_a_refused_session(outer_shell):
 
 def test_terminal_settings_restored_after_the_daemon_is_killed(daemon, outer_shell):
     before = outer_shell.settings()
-    outer_shell.run(f"{CAPSUDO} -S {outer_shell.socket} -- sh -c 'echo session-$((6 * 7)); exec sleep 100'; echo status=$?")
-    outer_shell.child.expect_exact("session-42")
+    outer_shell.run(f"{CAPSUDO} -S {outer_shell.socket} -- sh -c 'echo session-$((6 * 7)) $$; exec sleep 100'; echo status=$?")
+    outer_shell.child.expect(r"session-42 (\d+)")
+    program = int(outer_shell.child.match.group(1))
     assert outer_shell.in_raw_mode()
     daemon.process.send_signal(signal.SIGKILL)
     daemon.process.wait(10)
+    # The pty died with the daemon: the program got its hang-up.
+    wait_gone(program, timeout=10)
     outer_shell.child.expect(r"capsudo: error: ([^\r\n]*)\r\n")
     report = outer_shell.child.match.group(1).decode()
     assert "daemon" in report
