@@ -8,6 +8,7 @@ across each case and must finish intact.
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import struct
@@ -20,7 +21,7 @@ import pytest
 from capsudo.proto import (Arg, ControlFrame, Direction, End, FdsFrame, SessionKind, SessionType, StreamClose,
                            StreamData, encode_frame, lean)
 
-from .daemon_process import CAPSUDO, capsudo
+from .daemon_process import CAPSUDO, CAPSUDOD, capsudo
 
 FRAME_HEADER = struct.Struct("<BII")  # kind, stream id, payload length
 CONTROL_HEADER = struct.Struct("<II")  # message type, payload length
@@ -199,3 +200,33 @@ def test_a_peer_that_stops_reading_while_the_program_writes(tcp_daemon):
     log_line = next(line for line in tcp_daemon.log().splitlines() if "argv='cat /dev/zero'" in line)
     assert "outcome=client hung up" in log_line
     assert tcp_daemon.process.poll() is None
+
+
+def test_the_frame_cap_is_a_flag(network_daemon_factory):
+    daemon = network_daemon_factory("tcp://127.0.0.1:0", "--max-frame", "300000")
+    with well_behaved_client(daemon):
+        with _connect(daemon) as sock:
+            sock.sendall(FRAME_HEADER.pack(3, 0, 300001))
+            _assert_refused(sock, "frame announces 300001 bytes, more than the limit of 300000")
+
+
+def test_a_small_stream_buffer_still_carries_everything(network_daemon_factory):
+    daemon = network_daemon_factory("tcp://127.0.0.1:0", "--stream-buffer", "1024")
+    payload = os.urandom(2_000_000)
+    result = capsudo(daemon.socket, "--", "cat", input=payload)
+    assert result.returncode == 0
+    assert result.stdout == payload
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-S", "tcp://127.0.0.1:0", "--max-frame", "1000"], "--max-frame must be at least 262144"),
+        (["-S", "/tmp/unused.sock", "--stream-buffer", "4096"], "--stream-buffer applies only to tcp://, tls:// and vsock://"),
+        (["--max-frame", "300000"], "--max-frame needs -S"),
+    ],
+)
+def test_channel_limit_flags_are_checked(args, message):
+    result = subprocess.run([CAPSUDOD, *args], capture_output=True, timeout=30)
+    assert result.returncode == 2
+    assert message in result.stderr.decode()

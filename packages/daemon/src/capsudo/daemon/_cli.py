@@ -42,6 +42,13 @@ limits:
   --max-bytes N            total bytes of those (default 4194304)
   --hangup-grace S         seconds between SIGHUP and SIGKILL when a client
                            leaves or the daemon stops (default 2)
+
+limits of the multiplexed channel (tcp://, tls://, vsock://):
+  --max-frame N            bytes a frame may announce; a larger one ends the
+                           session as a protocol error (default 16777224,
+                           at least 262144: capsudo's data frames)
+  --stream-buffer N        bytes buffered per stream before the daemon stops
+                           reading the connection (default 262144)
 """
 
 SHORT = {"S": True, "f": False, "E": False, "e": True, "o": True, "m": True, "h": False}
@@ -55,7 +62,10 @@ LONG = {
     "tls-cert": True,
     "tls-key": True,
     "tls-client-ca": True,
+    "max-frame": True,
+    "stream-buffer": True,
 }
+CHANNEL_LIMITS = {"--max-frame": "max_frame_payload", "--stream-buffer": "stream_buffer_limit"}
 
 TLS_FLAGS = ("--tls-cert", "--tls-key", "--tls-client-ca")
 
@@ -65,6 +75,7 @@ class DaemonConfig:
     endpoint: object = None  # a capsudo.transport Endpoint
     owner: object = None
     tls: object = None  # TlsOptions, for tls:// only
+    channel_options: dict = field(default_factory=dict)  # MuxChannel limits
     mode: int = 0o770
     policy: Policy = field(default_factory=Policy)
     limits: SessionLimits = field(default_factory=SessionLimits)
@@ -117,6 +128,12 @@ def parse_command_line(argv: list[str]) -> DaemonConfig | None:
             config.endpoint = value
         elif name in TLS_FLAGS:
             tls_paths[name] = value
+        elif name in CHANNEL_LIMITS:
+            from capsudo.proto import DATA_FRAME_SIZE
+
+            # A cap below our own data frames would refuse our own clients' input.
+            minimum = DATA_FRAME_SIZE if name == "--max-frame" else 1
+            config.channel_options[CHANNEL_LIMITS[name]] = _number(name, value, minimum=minimum)
         elif name == "-f":
             fixed_arguments = True
         elif name == "-E":
@@ -145,10 +162,15 @@ def parse_command_line(argv: list[str]) -> DaemonConfig | None:
             limits["max_bytes"] = _number(name, value, minimum=1)
         elif name == "--hangup-grace":
             limits["hangup_grace"] = _number(name, value, float)
+    channel_flags = [flag for flag, key in CHANNEL_LIMITS.items() if key in config.channel_options]
     if config.endpoint is not None:
         config.endpoint, config.tls = _endpoint_and_tls(config.endpoint, tls_paths, socket_options)
-    elif tls_paths or socket_options:
-        raise UsageError(f"{(list(tls_paths) + socket_options)[0]} needs -S")
+        from capsudo.transport import UnixEndpoint
+
+        if channel_flags and isinstance(config.endpoint, UnixEndpoint):
+            raise UsageError(f"{channel_flags[0]} applies only to tcp://, tls:// and vsock:// endpoints")
+    elif tls_paths or socket_options or channel_flags:
+        raise UsageError(f"{(list(tls_paths) + socket_options + channel_flags)[0]} needs -S")
     config.policy = Policy(tuple(program), fixed_arguments, fixed_environment, environment)
     config.limits = SessionLimits(**limits)
     return config
@@ -185,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 handshake_timeout=config.limits.handshake_timeout,
                 # A refused TLS client is one line in the log; the others go on.
                 on_handshake_error=lambda error: log(str(error)),
+                **config.channel_options,
             )
         except EndpointError as exc:
             log(str(exc))
