@@ -13,6 +13,7 @@ import ctypes
 import errno
 import os
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -301,6 +302,52 @@ def test_terminal_settings_restored_when_the_client_is_signalled(outer_shell, si
     os.kill(client, signum)
     assert outer_shell.status() == 128 + signum
     assert outer_shell.settings() == before
+
+
+def test_stopped_and_continued_client_is_raw_again(daemon):
+    """bash puts its own settings back when a job stops; after `fg` the
+    client must make the terminal raw again, and pass on a size changed
+    while it was stopped."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash is not installed")
+    shell = pexpect.spawn(
+        bash, ["--norc", "--noprofile", "-i"], env=terminal_env(PS1="bash-ready> "), dimensions=(24, 80),
+        timeout=EXPECT_TIMEOUT,
+    )
+    try:
+        shell.expect_exact("bash-ready> ")
+        shell.sendline('echo "<<$(stty -g)>>"')
+        shell.expect(r"<<([0-9a-f:]+)>>")
+        before = shell.match.group(1)
+        shell.expect_exact("bash-ready> ")
+        shell.sendline(
+            f"{CAPSUDO} -S {daemon.socket} -- sh -c "
+            "'echo session-$((6 * 7)); while read line; do echo \"line=$line $(stty size)\"; done'"
+        )
+        shell.expect_exact("session-42")
+        raw = lambda: not termios.tcgetattr(shell.child_fd)[3] & (termios.ICANON | termios.ECHO)  # noqa: E731
+        assert raw()
+        os.kill(child_of(shell.pid), signal.SIGSTOP)
+        shell.expect_exact("bash-ready> ")
+        shell.setwinsize(50, 100)
+        shell.sendline("fg")
+        deadline = time.monotonic() + 10
+        while not raw():
+            assert time.monotonic() < deadline, "the terminal stayed cooked after fg"
+            time.sleep(0.05)
+        shell.send("typed\r")
+        shell.expect_exact("line=typed 50 100")
+        shell.sendcontrol("d")
+        shell.expect_exact("bash-ready> ")
+        shell.sendline('echo "status=$?"')  # after fg: the job's status
+        shell.expect(r"status=(\d+)")
+        assert shell.match.group(1) == b"0"
+        shell.sendline('echo "<<$(stty -g)>>"')
+        shell.expect(r"<<([0-9a-f:]+)>>")
+        assert shell.match.group(1) == before
+    finally:
+        shell.close(force=True)
 
 
 # --- a shell -------------------------------------------------------------------------

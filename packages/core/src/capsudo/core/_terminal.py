@@ -49,8 +49,15 @@ def stop_on_signals() -> Iterator[None]:
 
 
 @contextmanager
-def raw_mode(fd: int) -> Iterator[None]:
-    """Raw mode on fd if it is a terminal; restores the exact settings after."""
+def raw_mode(fd: int, on_continue: Callable[[], None] | None = None) -> Iterator[None]:
+    """Raw mode on fd if it is a terminal; restores the exact settings after.
+
+    A client stopped and continued (SIGSTOP, then `fg`) finds the terminal
+    as its shell left it, cooked: raw mode is set again on SIGCONT, when the
+    client is in the foreground (in the background, setting it would only
+    stop the client again; the `fg` that follows sends another SIGCONT).
+    on_continue is called then too (the window may have changed meanwhile).
+    """
     try:
         saved = termios.tcgetattr(fd)
     except termios.error:
@@ -58,12 +65,24 @@ def raw_mode(fd: int) -> Iterator[None]:
     if saved is None:
         yield
         return
+
+    def continued(signum, frame) -> None:
+        try:
+            if os.tcgetpgrp(fd) == os.getpgrp():
+                tty.setraw(fd, termios.TCSANOW)
+        except (OSError, termios.error):
+            pass  # the terminal is gone: nothing to set
+        if on_continue is not None:
+            on_continue()
+
     # TCSANOW both ways: keys typed ahead belong to the program (going raw)
     # or to the shell (coming back), and a restore must never wait on output.
+    previous = signal.signal(signal.SIGCONT, continued)
     try:
         tty.setraw(fd, termios.TCSANOW)
         yield
     finally:
+        signal.signal(signal.SIGCONT, previous)
         try:
             termios.tcsetattr(fd, termios.TCSANOW, saved)
         except termios.error:

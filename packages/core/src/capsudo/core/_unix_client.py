@@ -90,9 +90,12 @@ def _interactive_session(
     from ._terminal import on_window_change, raw_mode, stop_on_signals
 
     sent = request.winsize
+    request_sent = False
 
     def send_size() -> None:
         nonlocal sent
+        if not request_sent:
+            return  # a message now would land inside the handshake
         size = terminal_size(request.stdio[1]) or terminal_size(request.stdio[0])
         if size and size != sent:
             with contextlib.suppress(OSError):
@@ -103,8 +106,9 @@ def _interactive_session(
     # moment it starts, and must never meet the terminal in cooked mode.
     # A password challenge leaves this block, and the terminal restored,
     # before the secret is asked for.
-    with stop_on_signals(), raw_mode(request.stdio[0]):
+    with stop_on_signals(), raw_mode(request.stdio[0], on_continue=send_size):
         _send_request(path, connection, request, secret)
+        request_sent = True
         with on_window_change(send_size):
             send_size()  # a resize between the handshake and now would go unseen
             return _await_status(connection, errors)
