@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -204,13 +205,46 @@ def test_interactive_session_over_tcp_restores_the_terminal(network_daemon_facto
     pexpect = pytest.importorskip("pexpect")
     daemon = network_daemon_factory("tcp://127.0.0.1:0")
     # A shell holds the terminal; capsudo runs inside it and must give back cooked mode.
+    # (Markers are split with '' so that the terminal's echo of the command line cannot match them.)
     shell = pexpect.spawn("sh", env={**os.environ, "PS1": "outer$ ", "TERM": "dumb"}, timeout=20, cwd=str(tmp_path))
     try:
         shell.expect_exact("outer$ ")
-        shell.sendline("stty -g > before; " + f"{CAPSUDO} -S {daemon.socket} -- sh -c 'stty size'; stty -g > after; cmp before after && echo SAME")
+        shell.sendline("stty -g > before; " + f"{CAPSUDO} -S {daemon.socket} -- sh -c 'stty size'; stty -g > after; cmp before after && echo SA''ME")
         shell.expect(r"\d+ \d+")
         shell.expect("SAME")
         assert (tmp_path / "before").read_bytes().strip(), "stty -g printed nothing"
+        shell.sendline("exit")
+        shell.expect(pexpect.EOF)
+    finally:
+        shell.close()
+
+
+@pytest.mark.terminal
+@pytest.mark.parametrize("way_out", ["daemon killed", "client terminated"])
+def test_interactive_session_over_tcp_gives_the_terminal_back_on_a_bad_end(network_daemon_factory, tmp_path, way_out):
+    pexpect = pytest.importorskip("pexpect")
+    daemon = network_daemon_factory("tcp://127.0.0.1:0")
+    shell = pexpect.spawn("sh", env={**os.environ, "PS1": "outer$ ", "TERM": "dumb"}, timeout=20, cwd=str(tmp_path))
+    try:
+        shell.expect_exact("outer$ ")
+        shell.sendline(f"stty -g > before; {CAPSUDO} -S {daemon.socket} -- sh -c 'echo sta''rted; exec sleep 60'; "
+                       "echo status=$?; stty -g > after; cmp before after && echo SA''ME")
+        shell.expect("started")
+        client_pid = int(subprocess.run(["pgrep", "-P", str(shell.pid), "-f", "capsudo"], capture_output=True,
+                                        text=True).stdout.split()[0])
+        # The terminal (the shell's pty, opened by its name) is raw while the session runs.
+        terminal = os.open(os.readlink(f"/proc/{shell.pid}/fd/0"), os.O_RDWR | os.O_NOCTTY)
+        assert not termios.tcgetattr(terminal)[3] & (termios.ECHO | termios.ICANON)
+        if way_out == "daemon killed":
+            daemon.process.kill()
+            shell.expect(r"capsudo: error: [^\r\n]+")
+            shell.expect(r"status=1\b")
+        else:
+            os.kill(client_pid, signal.SIGTERM)
+            shell.expect(rf"status={128 + signal.SIGTERM}\b")
+        shell.expect("SAME")
+        assert termios.tcgetattr(terminal)[3] & termios.ECHO
+        os.close(terminal)
         shell.sendline("exit")
         shell.expect(pexpect.EOF)
     finally:
