@@ -1,10 +1,13 @@
 """Interactive sessions end to end: a real capsudod, the real capsudo client,
-and a real terminal around the client (a pty driven by pexpect).
+and a real terminal around the client (a pty driven by pexpect, with the
+client typed at a shell on it where the shell's view matters).
 
 The program's pty is the daemon's; the terminal here is the caller's. What is
 checked is what a person at that terminal would see: prompts and answers,
 sizes, the terminal's settings after the session, statuses, and what happens
-to the program when the client or the daemon goes away.
+to the program when the client or the daemon goes away; and that no client,
+whatever it does with its descriptors, holds up another's session (down to a
+FUSE file system, served here, that never answers a write).
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ def spawn_client(socket: str, *argv: str, rows: int = 24, cols: int = 80, **env:
     )
 
 
+def in_raw_mode(terminal: pexpect.spawn) -> bool:
+    # tcgetattr on the master reads the terminal's settings as the client set them.
+    lflag = termios.tcgetattr(terminal.child_fd)[3]
+    return not lflag & (termios.ICANON | termios.ECHO)
+
+
 def finish(child: pexpect.spawn) -> int:
     """Wait for the client's end on its terminal; its exit status."""
     child.expect(pexpect.EOF)
@@ -90,9 +99,7 @@ class OuterShell:
         return value
 
     def in_raw_mode(self) -> bool:
-        # tcgetattr on the master reads the terminal's settings as the client set them.
-        lflag = termios.tcgetattr(self.child.child_fd)[3]
-        return not lflag & (termios.ICANON | termios.ECHO)
+        return in_raw_mode(self.child)
 
     def close(self) -> None:
         self.child.close(force=True)
@@ -326,14 +333,13 @@ def test_stopped_and_continued_client_is_raw_again(daemon):
             "'echo session-$((6 * 7)); while read line; do echo \"line=$line $(stty size)\"; done'"
         )
         shell.expect_exact("session-42")
-        raw = lambda: not termios.tcgetattr(shell.child_fd)[3] & (termios.ICANON | termios.ECHO)  # noqa: E731
-        assert raw()
+        assert in_raw_mode(shell)
         os.kill(child_of(shell.pid), signal.SIGSTOP)
         shell.expect_exact("bash-ready> ")
         shell.setwinsize(50, 100)
         shell.sendline("fg")
         deadline = time.monotonic() + 10
-        while not raw():
+        while not in_raw_mode(shell):
             assert time.monotonic() < deadline, "the terminal stayed cooked after fg"
             time.sleep(0.05)
         shell.send("typed\r")
