@@ -12,6 +12,7 @@ modules are instrumented, so the coverage figures are ours alone.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 import atheris
@@ -69,7 +70,10 @@ def main(argv: list[str]) -> None:
         options.append(corpus)
     if not any(option.startswith("-timeout=") for option in options):
         options.insert(0, f"-timeout={HANG_SECONDS}")
-    atheris.Setup([argv[0], *options], TARGETS[target])
+    # libFuzzer starts its own helpers (-merge=1, -fork=N) by handing its
+    # argv[0] to the shell: that must name the interpreter and the target too.
+    launcher = shlex.join([sys.executable, os.path.abspath(argv[0]), target])
+    atheris.Setup([launcher, *options], TARGETS[target])
     atheris.Fuzz()
 
 
