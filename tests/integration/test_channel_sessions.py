@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -249,6 +250,50 @@ def test_interactive_session_over_tcp_gives_the_terminal_back_on_a_bad_end(netwo
         shell.expect(pexpect.EOF)
     finally:
         shell.close()
+
+
+def _is_raw(terminal: int) -> bool:
+    return not termios.tcgetattr(terminal)[3] & (termios.ECHO | termios.ICANON)
+
+
+@pytest.mark.terminal
+def test_interactive_client_over_tcp_stopped_and_continued_is_raw_again(network_daemon_factory):
+    """bash puts its own settings back when a job stops; after `fg` the client goes raw again
+    and sends the size the window took meanwhile."""
+    pexpect = pytest.importorskip("pexpect")
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash is not installed")
+    daemon = network_daemon_factory("tcp://127.0.0.1:0")
+    shell = pexpect.spawn(bash, ["--norc", "--noprofile", "-i"], dimensions=(24, 80), timeout=20,
+                          env={**os.environ, "PS1": "bash-ready> ", "TERM": "dumb"})
+    terminal = None
+    try:
+        shell.expect_exact("bash-ready> ")
+        terminal = os.open(os.readlink(f"/proc/{shell.pid}/fd/0"), os.O_RDWR | os.O_NOCTTY)
+        before = termios.tcgetattr(terminal)
+        shell.sendline(f"{CAPSUDO} -S {daemon.socket} -- sh -c "
+                       "'echo session-$((6 * 7)); while read line; do echo \"line=$line $(stty size)\"; done'")
+        shell.expect_exact("session-42")
+        assert _is_raw(terminal)
+        client = int(subprocess.run(["pgrep", "-P", str(shell.pid)], capture_output=True, text=True).stdout.split()[0])
+        os.kill(client, signal.SIGSTOP)
+        shell.expect_exact("bash-ready> ")
+        shell.setwinsize(50, 100)
+        shell.sendline("fg")
+        deadline = time.monotonic() + 10
+        while not _is_raw(terminal):
+            assert time.monotonic() < deadline, "the terminal stayed cooked after fg"
+            time.sleep(0.05)
+        shell.send("typed\r")
+        shell.expect_exact("line=typed 50 100")
+        shell.sendcontrol("d")
+        shell.expect_exact("bash-ready> ")
+        assert termios.tcgetattr(terminal) == before
+    finally:
+        if terminal is not None:
+            os.close(terminal)
+        shell.close(force=True)
 
 
 # ---- TLS refusals -------------------------------------------------------------

@@ -10,7 +10,10 @@ endpoints; it starts its own event loop.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import termios
+import tty
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -111,8 +114,13 @@ async def _await_status(channel: MessageChannel, errors: list[str]) -> int:
 
 
 async def _relay_signals(channel: MessageChannel, request: ClientRequest) -> None:
-    """Window changes become Winsize messages; fatal signals end the session."""
-    watched = (signal.SIGWINCH, *FATAL_SIGNALS) if request.interactive else FATAL_SIGNALS
+    """Window changes become Winsize messages; fatal signals end the session.
+
+    A client stopped and continued (SIGSTOP, then `fg`) finds the terminal as
+    its shell left it, cooked: on SIGCONT it goes raw again, when it is in
+    the foreground, and sends the window's size, which may have changed.
+    """
+    watched = (signal.SIGWINCH, signal.SIGCONT, *FATAL_SIGNALS) if request.interactive else FATAL_SIGNALS
     sent = request.winsize
 
     async def send_size() -> None:
@@ -126,19 +134,35 @@ async def _relay_signals(channel: MessageChannel, request: ClientRequest) -> Non
         if request.interactive:
             await send_size()  # a resize between the handshake and now would go unseen
         async for signum in signals:
-            if signum != signal.SIGWINCH:
+            if signum == signal.SIGCONT:
+                _raw_again(request.stdio[0])
+            elif signum != signal.SIGWINCH:
                 raise Interrupted(signum)
             await send_size()
+
+
+def _raw_again(fd: int) -> None:
+    try:
+        # In the background, setting it would only stop us again; the `fg`
+        # that follows sends another SIGCONT.
+        if os.tcgetpgrp(fd) == os.getpgrp():
+            tty.setraw(fd, termios.TCSANOW)
+    except (OSError, termios.error):
+        pass  # the terminal is gone: nothing to set
 
 
 async def _one_connection(connect: Connect, request: ClientRequest, secret: bytes | None, errors: list[str]) -> int:
     channel = await connect()
     async with channel:
-        try:
-            await _send_request(channel, request, secret)
-        except (trio.BrokenResourceError, OSError) as exc:
-            raise _link_failure("connection lost during the handshake", exc) from None
+        # Raw before the descriptors leave: the program may read the terminal
+        # the moment it starts, and keys typed then must not meet cooked mode.
+        # A password challenge leaves this block, and the terminal restored,
+        # before the secret is asked for.
         with raw_mode(request.stdio[0]) if request.interactive else contextlib.nullcontext():
+            try:
+                await _send_request(channel, request, secret)
+            except (trio.BrokenResourceError, OSError) as exc:
+                raise _link_failure("connection lost during the handshake", exc) from None
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_relay_signals, channel, request)
