@@ -57,6 +57,36 @@ async def turn_away(channel: MessageChannel, reason: str) -> None:
         await channel.aclose()
 
 
+class AcceptBackoff:
+    """accept(), waiting out a lack of resources instead of spinning on it.
+
+    Out of descriptors or memory, accept() fails at once for as long as the
+    pressure lasts; each failure is retried after a pause, and only the first
+    and the recovery are logged.
+    """
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self._log = log
+        self._under_pressure = False
+
+    async def accept(self, listener):
+        while True:
+            try:
+                connection = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _PRESSURE:
+                    raise
+                if not self._under_pressure:
+                    self._log(f"cannot accept connections: {exc.strerror}; retrying")
+                    self._under_pressure = True
+                await trio.sleep(PRESSURE_BACKOFF)
+                continue
+            if self._under_pressure:
+                self._log("accepting connections again")
+                self._under_pressure = False
+            return connection
+
+
 async def serve_connections(
     listener,
     serve_one: ServeOne,
@@ -68,6 +98,7 @@ async def serve_connections(
 ) -> None:
     """Accept and serve until a stop signal; `serve_one` returns the session's log line."""
     slots = trio.CapacityLimiter(max_sessions)
+    pressure = AcceptBackoff(log)
 
     async def run_one(channel: MessageChannel) -> None:
         try:
@@ -87,21 +118,8 @@ async def serve_connections(
                         return
 
                 async def accept_loop() -> None:
-                    under_pressure = False
                     while True:
-                        try:
-                            channel = await listener.accept()
-                        except OSError as exc:
-                            if exc.errno not in _PRESSURE:
-                                raise
-                            if not under_pressure:
-                                log(f"cannot accept connections: {exc.strerror}; retrying")
-                            under_pressure = True
-                            await trio.sleep(PRESSURE_BACKOFF)
-                            continue
-                        if under_pressure:
-                            log("accepting connections again")
-                            under_pressure = False
+                        channel = await pressure.accept(listener)
                         try:
                             slots.acquire_on_behalf_of_nowait(channel)
                         except trio.WouldBlock:

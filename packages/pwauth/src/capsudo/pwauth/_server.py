@@ -10,7 +10,6 @@ nothing; the failure record locks a user out after repeated failures.
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import pwd
@@ -23,6 +22,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from capsudo.core._serving import AcceptBackoff
 from capsudo.proto import Error, Exit, Message, ProtocolError, Unauthorized
 from capsudo.transport import EndpointError, UnixChannel, open_unix_listener
 
@@ -32,9 +32,6 @@ from ._pam import Outcome, Verdict, check_secret
 from ._settings import FrontEndSettings
 from ._throttle import FailureRecord
 
-# accept() failures that mean "out of resources right now": back off and retry.
-_PRESSURE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-PRESSURE_BACKOFF = 0.1
 # How long a reply may take to leave, and how long we keep reading what the
 # client sent after its first message before closing: closing with unread
 # bytes would reset the connection, and a client still sending its handshake
@@ -141,22 +138,9 @@ class FrontEnd:
             chained.cancel_scope.deadline = trio.current_time() + self.settings.shutdown_grace
 
     async def _accept_loop(self, listener, clients: trio.Nursery) -> None:
-        under_pressure = False
+        pressure = AcceptBackoff(log)
         while True:
-            try:
-                channel = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in _PRESSURE:
-                    raise
-                if not under_pressure:
-                    log(f"cannot accept connections: {exc.strerror}; retrying")
-                under_pressure = True
-                await trio.sleep(PRESSURE_BACKOFF)
-                continue
-            if under_pressure:
-                log("accepting connections again")
-                under_pressure = False
-            clients.start_soon(self._serve_connection, channel)
+            clients.start_soon(self._serve_connection, await pressure.accept(listener))
 
     async def _serve_connection(self, channel: UnixChannel) -> None:
         try:
