@@ -155,7 +155,10 @@ class FrameDecoder:
         kind, stream_id, length = self._pending
         if len(self._buffer) < length:
             return None
-        payload = bytes(self._buffer[:length])
+        # One copy out of the buffer (slicing the bytearray first would make two);
+        # the view is released before the buffer shrinks.
+        with memoryview(self._buffer) as buffered:
+            payload = bytes(buffered[:length])
         del self._buffer[:length]
         self._pending = None
         if kind is FrameKind.STREAM_DATA:
