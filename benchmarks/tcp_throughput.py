@@ -25,11 +25,9 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 from _harness import CAPSUDO, CAPSUDOD, PYTHON, Daemon, Verdict, ensure_bytecode, median, ms, percentile, spawn_and_wait, table
@@ -59,13 +57,11 @@ while chunk := connection.recv(1 << 18):
 """
 
 
-class NetworkDaemon:
+class NetworkDaemon(Daemon):
     """`capsudod -S tcp://127.0.0.1:0`, its real address read from its log; SIGTERM on exit."""
 
     def __enter__(self) -> "NetworkDaemon":
         ensure_bytecode()
-        self.directory = tempfile.mkdtemp(prefix="capsudo-bench-")
-        self.log_path = os.path.join(self.directory, "capsudod.log")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen([CAPSUDOD, "-S", "tcp://127.0.0.1:0"], stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=log)
@@ -80,16 +76,6 @@ class NetworkDaemon:
                 self.__exit__()
                 raise RuntimeError("capsudod did not listen on tcp://127.0.0.1:0")
             time.sleep(0.02)
-
-    def __exit__(self, *exc_info) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def free_port() -> int:
