@@ -221,7 +221,7 @@ def test_a_small_stream_buffer_still_carries_everything(network_daemon_factory):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["-S", "tcp://127.0.0.1:0", "--max-frame", "1000"], "--max-frame must be at least 262144"),
+        (["-S", "tcp://127.0.0.1:0", "--max-frame", "1000"], "--max-frame must be a finite number of at least 262144"),
         (["-S", "/tmp/unused.sock", "--stream-buffer", "4096"], "--stream-buffer applies only to tcp://, tls:// and vsock://"),
         (["--max-frame", "300000"], "--max-frame needs -S"),
     ],

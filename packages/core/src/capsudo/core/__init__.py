@@ -14,6 +14,7 @@ TYPE_CHECKING = False
 __all__ = [
     "UsageError",
     "parse_options",
+    "number_option",
     "Policy",
     "attenuate",
     "resolve_program",
@@ -37,6 +38,7 @@ __all__ = [
 _HOME = {
     "UsageError": "._options",
     "parse_options": "._options",
+    "number_option": "._options",
     "Policy": "._policy",
     "attenuate": "._policy",
     "resolve_program": "._policy",
@@ -78,6 +80,6 @@ if TYPE_CHECKING:
     from ._daemon_session import Hangup, SessionRecord, serve_session
     from ._library import run
     from ._limits import SessionLimits
-    from ._options import UsageError, parse_options
+    from ._options import UsageError, number_option, parse_options
     from ._policy import SAFE_PATH, Policy, attenuate, resolve_program
     from ._unix_client import SessionResult, run_unix_session

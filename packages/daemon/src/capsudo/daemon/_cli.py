@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from capsudo.core import Policy, SessionLimits, UsageError, parse_options
+from capsudo.core import Policy, SessionLimits, UsageError, number_option, parse_options
 
 USAGE = """\
 usage: capsudod [-S endpoint] [-f] [-E] [-e KEY=VALUE]... [-o user[:group]] [-m mode]
@@ -82,16 +82,6 @@ class DaemonConfig:
     max_sessions: int = 256
 
 
-def _number(name: str, value: str, kind=int, minimum=0):
-    try:
-        number = kind(value)
-    except ValueError:
-        raise UsageError(f"{name} takes a number, got {value!r}") from None
-    if number < minimum or number != number:
-        raise UsageError(f"{name} must be at least {minimum}, got {value!r}")
-    return number
-
-
 def _endpoint_and_tls(text: str, tls_paths: dict[str, str], socket_options: list[str]):
     from capsudo.transport import TlsEndpoint, TlsOptions, UnixEndpoint, parse_endpoint
 
@@ -133,7 +123,7 @@ def parse_command_line(argv: list[str]) -> DaemonConfig | None:
 
             # A cap below our own data frames would refuse our own clients' input.
             minimum = DATA_FRAME_SIZE if name == "--max-frame" else 1
-            config.channel_options[CHANNEL_LIMITS[name]] = _number(name, value, minimum=minimum)
+            config.channel_options[CHANNEL_LIMITS[name]] = number_option(name, value, minimum=minimum)
         elif name == "-f":
             fixed_arguments = True
         elif name == "-E":
@@ -153,15 +143,15 @@ def parse_command_line(argv: list[str]) -> DaemonConfig | None:
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
         elif name == "--max-sessions":
-            config.max_sessions = _number(name, value, minimum=1)
+            config.max_sessions = number_option(name, value, minimum=1)
         elif name == "--handshake-timeout":
-            limits["handshake_timeout"] = _number(name, value, float, minimum=0.001)
+            limits["handshake_timeout"] = number_option(name, value, float, minimum=0.001)
         elif name == "--max-items":
-            limits["max_items"] = _number(name, value, minimum=1)
+            limits["max_items"] = number_option(name, value, minimum=1)
         elif name == "--max-bytes":
-            limits["max_bytes"] = _number(name, value, minimum=1)
+            limits["max_bytes"] = number_option(name, value, minimum=1)
         elif name == "--hangup-grace":
-            limits["hangup_grace"] = _number(name, value, float)
+            limits["hangup_grace"] = number_option(name, value, float)
     channel_flags = [flag for flag, key in CHANNEL_LIMITS.items() if key in config.channel_options]
     if config.endpoint is not None:
         config.endpoint, config.tls = _endpoint_and_tls(config.endpoint, tls_paths, socket_options)

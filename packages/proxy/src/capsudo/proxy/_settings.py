@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from capsudo.core import SessionLimits, UsageError, parse_options
+from capsudo.core import SessionLimits, UsageError, number_option, parse_options
 from capsudo.transport import DEFAULT_MODE, Endpoint, Owner, TlsOptions, parse_endpoint, parse_mode, parse_owner
 
 
@@ -19,16 +19,6 @@ class ProxySettings:
     target_tls: TlsOptions | None = None
     max_sessions: int = 256
     limits: SessionLimits = field(default_factory=SessionLimits)
-
-
-def _positive(name: str, value: str, kind=int):
-    try:
-        number = kind(value)
-    except ValueError:
-        raise UsageError(f"{name} takes a number, got {value!r}") from None
-    if not number > 0:
-        raise UsageError(f"{name} must be positive, got {value!r}")
-    return number
 
 
 def _tls(cert: str | None, key: str | None, ca: str | None, what: str) -> TlsOptions | None:
@@ -70,13 +60,13 @@ def parse_command_line(argv, short, long) -> ProxySettings | None:
     settings.listen_tls = _tls(values.get("--tls-cert"), values.get("--tls-key"),
                                values.get("--tls-client-ca"), "--tls-cert/--tls-key/--tls-client-ca")
     if "--max-sessions" in values:
-        settings.max_sessions = _positive("--max-sessions", values["--max-sessions"])
+        settings.max_sessions = number_option("--max-sessions", values["--max-sessions"], int, 1)
     limits = {}
     if "--handshake-timeout" in values:
-        limits["handshake_timeout"] = _positive("--handshake-timeout", values["--handshake-timeout"], float)
+        limits["handshake_timeout"] = number_option("--handshake-timeout", values["--handshake-timeout"], float, 0.001)
     if "--max-items" in values:
-        limits["max_items"] = _positive("--max-items", values["--max-items"])
+        limits["max_items"] = number_option("--max-items", values["--max-items"], int, 1)
     if "--max-bytes" in values:
-        limits["max_bytes"] = _positive("--max-bytes", values["--max-bytes"])
+        limits["max_bytes"] = number_option("--max-bytes", values["--max-bytes"], int, 1)
     settings.limits = SessionLimits(**limits)
     return settings

@@ -6,7 +6,7 @@ import os
 import shutil
 import sys
 
-from capsudo.core import SAFE_PATH, UsageError, parse_options
+from capsudo.core import SAFE_PATH, UsageError, number_option, parse_options
 
 from ._settings import (DEFAULT_FAIL_DELAY, DEFAULT_FAILURE_WINDOW, DEFAULT_MAX_FAILURES, DEFAULT_SERVICE,
                         FrontEndSettings)
@@ -75,16 +75,6 @@ class StartupError(Exception):
     """The front-end cannot start; the text says why, on one line."""
 
 
-def _number(name: str, value: str, kind, minimum):
-    try:
-        number = kind(value)
-    except ValueError:
-        raise UsageError(f"{name} takes a number, got {value!r}") from None
-    if not number >= minimum or number in (float("inf"),):
-        raise UsageError(f"{name} must be a finite number of at least {minimum:g}, got {value!r}")
-    return number
-
-
 def parse_command_line(argv: list[str]) -> FrontEndSettings | None:
     """Settings from argv; None for -h. Raises UsageError."""
     from capsudo.transport import parse_mode, parse_owner
@@ -111,7 +101,7 @@ def parse_command_line(argv: list[str]) -> FrontEndSettings | None:
             settings.service = value
         else:
             field_name, kind, minimum = _NUMBERS[name]
-            setattr(settings, field_name, _number(name, value, kind, minimum))
+            setattr(settings, field_name, number_option(name, value, kind, minimum))
     if not settings.endpoint:
         raise UsageError("-S endpoint is required")
     if command:
