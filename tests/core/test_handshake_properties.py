@@ -87,7 +87,7 @@ async def _handshake_over_socket(parts: list[tuple[bytes, int]], bytewise: bool,
     """
     daemon_end, client_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     before = _open_descriptors() - {daemon_end.fileno(), client_end.fileno()}
-    channel = UnixChannel(trio.socket.from_stdlib_socket(daemon_end))
+    channel = UnixChannel(daemon_end)
     client = trio.socket.from_stdlib_socket(client_end)
 
     async def send_everything():
@@ -100,7 +100,10 @@ async def _handshake_over_socket(parts: list[tuple[bytes, int]], bytewise: bool,
                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", descriptors))]
                         if descriptors and number == 0 else []
                     )
-                    await client.sendmsg([piece], ancillary)
+                    try:
+                        await client.sendmsg([piece], ancillary)
+                    except (BrokenPipeError, ConnectionResetError):
+                        return  # the daemon's end closed after its verdict
                     if bytewise:
                         await trio.sleep(0)
             finally:
@@ -123,6 +126,10 @@ async def _handshake_over_socket(parts: list[tuple[bytes, int]], bytewise: bool,
                     assert all(os.fstat(fd).st_rdev == NULL_DEVICE for fd in request.fds)
                     argv, env_entries = request.argv, request.env_entries
                     request.close_fds()
+            # As the daemon does after its verdict: a client still sending
+            # (one byte at a time fills the socket's queue quickly) must not
+            # wait for a reader that is gone.
+            await channel.aclose()
     finally:
         await channel.aclose()
         client.close()
@@ -182,7 +189,7 @@ def test_an_announced_length_costs_nothing_until_the_bytes_come(type_code, annou
     async def scenario():
         daemon_end, client_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with daemon_end, client_end:
-            channel = UnixChannel(trio.socket.from_stdlib_socket(daemon_end))
+            channel = UnixChannel(daemon_end)
             client_end.sendall(struct.pack("<II", type_code, announced))
 
             async def trickle():
@@ -212,7 +219,7 @@ def test_a_length_past_the_limit_is_refused_at_the_header(announced):
     async def scenario():
         daemon_end, client_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with daemon_end, client_end:
-            channel = UnixChannel(trio.socket.from_stdlib_socket(daemon_end))
+            channel = UnixChannel(daemon_end)
             # Only the header: the verdict may not wait for a payload.
             client_end.sendall(struct.pack("<II", MessageType.ARG, announced))
             with trio.fail_after(5):

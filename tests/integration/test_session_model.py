@@ -101,7 +101,7 @@ class DaemonThread:
 
     def _run(self, sock: socket.socket, policy: Policy) -> None:
         async def serve():
-            channel = UnixChannel(trio.socket.from_stdlib_socket(sock))
+            channel = UnixChannel(sock)
             self.record = await serve_session(channel, policy, LIMITS)
 
         try:

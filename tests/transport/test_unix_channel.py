@@ -219,10 +219,10 @@ async def test_receiver_reads_exactly_one_message():
             rest = encode_message(Arg("first")) + encode_message(End())
             await left.aclose()
             got = b""
-            while chunk := await b.recv(4096):
+            while chunk := await right.socket.recv(4096):
                 got += chunk
             assert got == rest
-            b.close()
+            await right.aclose()
 
 
 async def test_receiver_leaves_descriptors_of_the_next_message_in_the_socket(pipes):
@@ -234,7 +234,7 @@ async def test_receiver_leaves_descriptors_of_the_next_message_in_the_socket(pip
             await left.send(Fd(1), [w])
             assert await right.receive() == (Secret(b"s"), [])
             # The descriptor belongs to the second message and is still queued.
-            data, ancdata, flags, _ = await b.recvmsg(100, socket.CMSG_SPACE(4 * 4))
+            data, ancdata, flags, _ = await right.socket.recvmsg(100, socket.CMSG_SPACE(4 * 4))
             assert data == encode_message(Fd(1))
             assert len(ancdata) == 1 and ancdata[0][:2] == (socket.SOL_SOCKET, socket.SCM_RIGHTS)
             [fd] = array.array("i", ancdata[0][2])
@@ -253,7 +253,7 @@ async def test_a_live_socket_can_be_handed_on_after_the_first_message():
             for message in (Secret(b"pw"), Env("A=1"), Arg("id"), End()):
                 await client.send(message)
             assert (await front.receive()).message == Secret(b"pw")
-            successor = UnixChannel(trio.socket.from_stdlib_socket(socket.socket(fileno=os.dup(b.fileno()))))
+            successor = UnixChannel(socket.socket(fileno=os.dup(front.socket.fileno())))
             await front.aclose()
             async with successor:
                 assert [(await successor.receive()).message for _ in range(3)] == [Env("A=1"), Arg("id"), End()]

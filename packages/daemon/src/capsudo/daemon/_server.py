@@ -48,7 +48,7 @@ async def serve_listener(listener, settings: ServerSettings) -> None:
 
 async def serve_stdin(settings: ServerSettings) -> None:
     """Serve exactly one session on the connected Unix socket that is stdin."""
-    sock = trio.socket.fromfd(0, socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket.fromfd(0, socket.AF_UNIX, socket.SOCK_STREAM)
     # Our copy is the only one we keep: stdin becomes /dev/null, so the
     # client's end-of-file is not held up by a stray descriptor.
     devnull = os.open(os.devnull, os.O_RDONLY)

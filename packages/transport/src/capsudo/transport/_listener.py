@@ -15,6 +15,7 @@ import tempfile
 
 import trio
 
+from ._eager import EagerSocket
 from ._owner import DEFAULT_MODE, Owner
 from ._unix import UnixChannel
 
@@ -49,16 +50,16 @@ def _refuse_to_clobber(path: str) -> None:
 class UnixListener:
     """Accepts connections on a Unix socket path and removes it when closed."""
 
-    def __init__(self, sock: trio.socket.SocketType, path: str, **channel_options) -> None:
+    def __init__(self, sock: socket.socket, path: str, **channel_options) -> None:
         self.socket = sock
+        self._accepting = EagerSocket(sock)
         self.path = path
         st = os.lstat(path)
         self._identity = (st.st_dev, st.st_ino)
         self._channel_options = channel_options
 
     async def accept(self) -> UnixChannel:
-        sock, _ = await self.socket.accept()
-        return UnixChannel(sock, **self._channel_options)
+        return UnixChannel(await self._accepting.accept(), **self._channel_options)
 
     def owns_path(self) -> bool:
         try:
@@ -94,18 +95,18 @@ async def open_unix_listener(
     except OSError as exc:
         raise EndpointError(f"cannot create a socket in {directory}: {exc.strerror}") from None
     staging = os.path.join(private, "socket")
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         if len(os.fsencode(staging)) > _SUN_PATH_MAX:
             # The staging directory lengthens the path: bind through a short
             # alias of that directory, so that every path that fits works.
             directory_fd = os.open(private, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                await sock.bind(f"/proc/self/fd/{directory_fd}/socket")
+                sock.bind(f"/proc/self/fd/{directory_fd}/socket")
             finally:
                 os.close(directory_fd)
         else:
-            await sock.bind(staging)
+            sock.bind(staging)
         if owner is not None:
             os.chown(staging, -1 if owner.uid is None else owner.uid, -1 if owner.gid is None else owner.gid)
         os.chmod(staging, mode)

@@ -12,6 +12,7 @@ from capsudo.proto import MAX_CONTROL_PAYLOAD, ControlDecoder, Fd, Message, Prot
 
 from ._channel import MessageChannel, Received, close_fds
 from ._credentials import peer_credentials
+from ._eager import EagerSocket
 
 # Room for more descriptors than any message may carry, so a peer that sends
 # too many is told so instead of having the extra ones silently dropped.
@@ -37,17 +38,25 @@ class UnixChannel(MessageChannel):
 
     Reads exactly one message at a time and never a byte past it, so a
     front-end can read the first message and hand the live socket on.
+
+    Given a stdlib socket, the channel drives that very socket (closing
+    either closes both); a trio socket is taken over, and closed with the
+    channel.
     """
 
     def __init__(
         self,
-        sock: trio.socket.SocketType,
+        sock: socket.socket | trio.socket.SocketType,
         *,
         max_payload: int = MAX_CONTROL_PAYLOAD,
         max_fds: int = DEFAULT_MAX_FDS,
         description: str | None = None,
     ) -> None:
-        self.socket = sock
+        if not isinstance(sock, socket.socket):
+            sock = socket.socket(sock.family, sock.type, fileno=sock.detach())
+        self._io = EagerSocket(sock)
+        # The same socket for callers that drive it with trio themselves.
+        self.socket = trio.socket.from_stdlib_socket(sock)
         self.max_payload = max_payload
         self._ancillary_space = socket.CMSG_SPACE(max_fds * array.array("i").itemsize)
         try:
@@ -67,9 +76,9 @@ class UnixChannel(MessageChannel):
         async with self._send_lock:
             self._check_open()
             try:
-                sent = await self.socket.sendmsg([data], ancillary)
+                sent = await self._io.sendmsg([data], ancillary)
                 while sent < len(data):
-                    sent += await self.socket.send(data[sent:])
+                    sent += await self._io.sendmsg([memoryview(data)[sent:]])
             except ConnectionError as exc:
                 raise trio.BrokenResourceError(f"{self.description}: {exc.strerror}") from exc
 
@@ -80,7 +89,7 @@ class UnixChannel(MessageChannel):
         try:
             while (wanted := decoder.needed()) > 0:
                 try:
-                    data, ancdata, flags, _ = await self.socket.recvmsg(
+                    data, ancdata, flags, _ = await self._io.recvmsg(
                         min(wanted, READ_CHUNK), self._ancillary_space, socket.MSG_CMSG_CLOEXEC
                     )
                 except ConnectionError as exc:
