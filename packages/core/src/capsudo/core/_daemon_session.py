@@ -9,7 +9,8 @@ from __future__ import annotations
 import shlex
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import trio
@@ -52,10 +53,42 @@ class SessionRecord:
 
 
 class Hangup:
-    """Set when the daemon wants every running program hung up (shutdown)."""
+    """The running programs, so that a stop hangs them all up at once.
+
+    Tracked here rather than watched by a task per session: a task per
+    session that waits for a stop is a task started and cancelled for every
+    session that never sees one.
+    """
 
     def __init__(self) -> None:
-        self.event = trio.Event()
+        self._programs: set[RunningProgram] = set()
+        self._none_left = trio.Event()
+        self.stopping = False
+
+    @contextmanager
+    def tracking(self, program: RunningProgram) -> Iterator[None]:
+        if self.stopping:
+            # Started while the stop was under way: it is hung up at once.
+            signal_group(program.pid, signal.SIGHUP)
+        self._programs.add(program)
+        try:
+            yield
+        finally:
+            self._programs.discard(program)
+            if self.stopping and not self._programs:
+                self._none_left.set()
+
+    async def hang_up_all(self, grace: float) -> None:
+        """SIGHUP to every program, and SIGKILL to those still running after `grace`."""
+        self.stopping = True
+        if not self._programs:
+            return
+        for program in list(self._programs):
+            signal_group(program.pid, signal.SIGHUP)
+        with trio.move_on_after(grace):
+            await self._none_left.wait()
+        for program in list(self._programs):
+            signal_group(program.pid, signal.SIGKILL)
 
 
 async def _send_quietly(channel: MessageChannel, *messages) -> bool:
@@ -92,25 +125,21 @@ async def _supervise(
 ) -> int | None:
     """The program's status; None when the client left and the wait was cut short."""
     status = None
-    async with trio.open_nursery() as nursery:
+    with shutdown.tracking(program):
+        async with trio.open_nursery() as nursery:
 
-        async def hang_up_when(wait: Callable) -> None:
-            await wait()
-            await _hang_up(program, limits.hangup_grace)
+            async def watch_then_hang_up() -> None:
+                await _watch_client(channel, program, record)
+                await _hang_up(program, limits.hangup_grace)
+                # Nobody is left to take the status, nor output still in flight
+                # (a pty relay writing to a pipe that nobody reads): that must not
+                # keep the session open.
+                await trio.sleep(LEFTOVER_GRACE)
+                nursery.cancel_scope.cancel()
 
-        async def watch_then_hang_up() -> None:
-            await _watch_client(channel, program, record)
-            await _hang_up(program, limits.hangup_grace)
-            # Nobody is left to take the status, nor output still in flight
-            # (a pty relay writing to a pipe that nobody reads): that must not
-            # keep the session open.
-            await trio.sleep(LEFTOVER_GRACE)
+            nursery.start_soon(watch_then_hang_up)
+            status = await program.wait()
             nursery.cancel_scope.cancel()
-
-        nursery.start_soon(watch_then_hang_up)
-        nursery.start_soon(hang_up_when, shutdown.event.wait)
-        status = await program.wait()
-        nursery.cancel_scope.cancel()
     return status
 
 

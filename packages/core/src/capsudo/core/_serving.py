@@ -93,10 +93,15 @@ async def serve_connections(
     *,
     log: Logger,
     max_sessions: int,
-    on_stop: Callable[[], None],
+    on_stop: Callable[[], Awaitable[object]] | None,
     stop_grace: float,
 ) -> None:
-    """Accept and serve until a stop signal; `serve_one` returns the session's log line."""
+    """Accept and serve until a stop signal; `serve_one` returns the session's log line.
+
+    At the stop, `on_stop` runs beside the sessions still going (to hang
+    their programs up); whatever has not ended `stop_grace` plus a moment
+    later is cancelled.
+    """
     slots = trio.CapacityLimiter(max_sessions)
     pressure = AcceptBackoff(log)
 
@@ -133,6 +138,7 @@ async def serve_connections(
                 accepting.start_soon(stop_on_signal)
                 accepting.start_soon(accept_loop)
         await listener.aclose()
-        on_stop()
+        if on_stop is not None:
+            sessions.start_soon(on_stop)
         # What has not ended by the grace (plus a moment) is cut off.
         sessions.cancel_scope.deadline = trio.current_time() + stop_grace + 1

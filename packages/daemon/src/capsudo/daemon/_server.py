@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -40,7 +41,7 @@ async def serve_listener(listener, settings: ServerSettings) -> None:
         serve_one,
         log=log,
         max_sessions=settings.max_sessions,
-        on_stop=shutdown.event.set,
+        on_stop=partial(shutdown.hang_up_all, settings.limits.hangup_grace),
         # Programs get SIGHUP at the stop and SIGKILL after the grace.
         stop_grace=settings.limits.hangup_grace,
     )
@@ -61,7 +62,7 @@ async def serve_stdin(settings: ServerSettings) -> None:
 
             async def hang_up_on_signal() -> None:
                 async for _ in signals:
-                    shutdown.event.set()
+                    await shutdown.hang_up_all(settings.limits.hangup_grace)
                     return
 
             nursery.start_soon(hang_up_on_signal)
