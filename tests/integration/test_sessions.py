@@ -165,6 +165,33 @@ def test_sigterm_hangs_up_running_programs(daemon, tmp_path):
     assert not os.path.exists(daemon.socket)
 
 
+def test_sigterm_kills_a_program_that_ignores_sighup_after_the_grace(daemon_factory, tmp_path):
+    daemon = daemon_factory("--hangup-grace", "1")
+    pidfile = tmp_path / "pid"
+    client = subprocess.Popen(
+        [CAPSUDO, "-S", daemon.socket, "--", "sh", "-c", f"trap '' HUP; echo $$ > {pidfile}; exec sleep 60"],
+        stdin=subprocess.DEVNULL,
+    )
+    wait_for_path(str(pidfile))
+    time.sleep(0.1)
+    pid = int(pidfile.read_text())
+    started = time.monotonic()
+    assert daemon.stop(signal.SIGTERM) == 0
+    stopped = time.monotonic() - started
+    assert not os.path.exists(f"/proc/{pid}") or _wait_gone(pid, 1)
+    assert 0.9 <= stopped < 5, stopped
+    # The client learns its program was killed: 128 + SIGKILL.
+    assert client.wait(10) == 128 + signal.SIGKILL
+
+
+def test_sigterm_with_nothing_running_does_not_wait_for_the_grace(daemon_factory):
+    daemon = daemon_factory("--hangup-grace", "30")
+    assert capsudo(daemon.socket, "true").returncode == 0
+    started = time.monotonic()
+    assert daemon.stop(signal.SIGTERM, timeout=10) == 0
+    assert time.monotonic() - started < 3
+
+
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
