@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Union
@@ -103,18 +104,27 @@ def _decode_fds(payload: bytes) -> FdsFrame:
 
 
 class FrameDecoder:
-    """Bytes in, whole frames out, with the frame length capped before buffering."""
+    """Bytes in, whole frames out, with the frame length capped before buffering.
+
+    What is fed is kept as the chunks it came in, not appended to one
+    buffer: a payload is copied once, out of the chunks that hold it, and a
+    chunk is dropped as soon as it has been read through.
+    """
 
     def __init__(self, max_payload: int = DEFAULT_MAX_FRAME_PAYLOAD) -> None:
         self.max_payload = max_payload
-        self._buffer = bytearray()
+        self._chunks: deque[memoryview] = deque()
+        self._buffered = 0
         self._pending: tuple[FrameKind, int, int] | None = None
         self._broken: ProtocolError | None = None
 
     def feed(self, data: bytes) -> None:
         if self._broken is not None:
             raise self._broken
-        self._buffer += data
+        if data:
+            # A caller's bytearray may change after the call: only bytes are kept as they are.
+            self._chunks.append(memoryview(data if isinstance(data, bytes) else bytes(data)))
+            self._buffered += len(data)
 
     def next_frame(self) -> Frame | None:
         if self._broken is not None:
@@ -131,13 +141,36 @@ class FrameDecoder:
 
     @property
     def at_boundary(self) -> bool:
-        return self._pending is None and not self._buffer
+        return self._pending is None and not self._buffered
+
+    def _take(self, size: int) -> bytes:
+        """The next `size` bytes (all buffered), copied once."""
+        self._buffered -= size
+        first = self._chunks[0]
+        if len(first) > size:
+            self._chunks[0] = first[size:]
+            return bytes(first[:size])
+        if len(first) == size:
+            self._chunks.popleft()
+            whole = first.obj  # a chunk read through from its start is taken as it came
+            return whole if len(whole) == size else first.tobytes()
+        pieces = []
+        while size:
+            chunk = self._chunks[0]
+            if len(chunk) > size:
+                pieces.append(chunk[:size])
+                self._chunks[0] = chunk[size:]
+                break
+            pieces.append(chunk)
+            self._chunks.popleft()
+            size -= len(chunk)
+        return b"".join(pieces)
 
     def _next_frame(self) -> Frame | None:
         if self._pending is None:
-            if len(self._buffer) < FRAME_HEADER_SIZE:
+            if self._buffered < FRAME_HEADER_SIZE:
                 return None
-            header = _layout.FRAME_HEADER.parse(bytes(self._buffer[:FRAME_HEADER_SIZE]))
+            header = _layout.FRAME_HEADER.parse(self._take(FRAME_HEADER_SIZE))
             try:
                 kind = FrameKind(header.kind)
             except ValueError:
@@ -150,16 +183,11 @@ class FrameDecoder:
                 raise ProtocolError(f"{kind.name} frame on stream {header.stream_id}, expected 0")
             if kind is FrameKind.STREAM_CLOSE and header.length:
                 raise ProtocolError("StreamClose frame carries no payload")
-            del self._buffer[:FRAME_HEADER_SIZE]
             self._pending = (kind, header.stream_id, header.length)
         kind, stream_id, length = self._pending
-        if len(self._buffer) < length:
+        if self._buffered < length:
             return None
-        # One copy out of the buffer (slicing the bytearray first would make two);
-        # the view is released before the buffer shrinks.
-        with memoryview(self._buffer) as buffered:
-            payload = bytes(buffered[:length])
-        del self._buffer[:length]
+        payload = self._take(length) if length else b""
         self._pending = None
         if kind is FrameKind.STREAM_DATA:
             return StreamData(stream_id, payload)
