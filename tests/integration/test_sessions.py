@@ -76,6 +76,16 @@ def test_E_ignores_client_entries(daemon_factory):
     assert result.stdout == b"ONLY=this\n"
 
 
+def test_a_pinned_program_without_E_is_warned_about_at_start(daemon_factory):
+    pinned = daemon_factory("-f", "--", "/bin/echo", "pinned")
+    assert capsudo(pinned.socket).stdout == b"pinned\n"
+    assert "warning: the program is pinned but its environment is not" in pinned.log()
+    assert "add -E" in pinned.log()
+    for quiet in (daemon_factory("-fE", "--", "/bin/echo", "pinned"), daemon_factory()):
+        assert capsudo(quiet.socket, "true").returncode == 0
+        assert "warning" not in quiet.log()
+
+
 def test_combined_flags_parse(daemon_factory):
     daemon = daemon_factory("-fE", "-eK=V", "--", "env")
     assert capsudo(daemon.socket, "-e", "X=1").stdout == b"K=V\n"

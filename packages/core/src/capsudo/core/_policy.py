@@ -27,6 +27,16 @@ class Policy:
     fixed_environment: bool = False
     environment: Mapping[str, str] = field(default_factory=dict)
 
+    def unpinned_environment_warning(self) -> str | None:
+        """A line for the operator when the program is pinned but its environment is not."""
+        if not self.program or self.fixed_environment:
+            return None
+        # With the program pinned, the environment is the way left to change what it does.
+        return (
+            "the program is pinned but its environment is not: a client can set LD_PRELOAD, PATH "
+            "or any other entry for it; add -E to pin the environment too"
+        )
+
 
 def environment_from_entries(entries: Iterable[str]) -> dict[str, str]:
     """KEY=VALUE entries to a mapping; a later entry replaces an earlier one."""

@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     from ._server import ServerSettings, log, serve_listener, serve_stdin
 
     settings = ServerSettings(config.policy, config.limits, config.max_sessions)
+    if (unpinned := config.policy.unpinned_environment_warning()) is not None:
+        log(f"warning: {unpinned}")
     if config.endpoint is None:
         trio.run(serve_stdin, settings)
         return 0
