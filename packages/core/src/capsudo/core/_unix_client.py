@@ -64,10 +64,13 @@ class _Unauthorized(Exception):
 
 def _one_connection(path: str, request: ClientRequest, secret: bytes | None, errors: list[str]) -> int:
     with _connect(path) as connection:
-        if not request.interactive:
-            _send_request(path, connection, request, secret)
-            return _await_status(connection, errors)
-        return _interactive_session(path, connection, request, secret, errors)
+        try:
+            if not request.interactive:
+                _send_request(path, connection, request, secret)
+                return _await_status(connection, errors)
+            return _interactive_session(path, connection, request, secret, errors)
+        except _Answered as cut:
+            return _status_after_refusal(connection, errors, str(cut))
 
 
 def _send_request(path: str, connection: BlockingUnixConnection, request: ClientRequest, secret: bytes | None) -> None:
@@ -77,7 +80,17 @@ def _send_request(path: str, connection: BlockingUnixConnection, request: Client
         # tell which message carried them.
         connection.send(lean.fd(3) + lean.end(), request.stdio)
     except OSError as exc:
-        raise ClientError(f"connection to {path} failed during the handshake: {exc.strerror or exc}") from None
+        failure = f"connection to {path} failed during the handshake: {exc.strerror or exc}"
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+            # A far end that refuses at once (too busy, a request too large)
+            # answers and closes without reading the rest: its reason is
+            # waiting in the socket, and is worth more than "broken pipe".
+            raise _Answered(failure) from None
+        raise ClientError(failure) from None
+
+
+class _Answered(Exception):
+    """The far end stopped reading the request; what it said may still be read."""
 
 
 def _interactive_session(
@@ -112,6 +125,13 @@ def _interactive_session(
         with on_window_change(send_size):
             send_size()  # a resize between the handshake and now would go unseen
             return _await_status(connection, errors)
+
+
+def _status_after_refusal(connection: BlockingUnixConnection, errors: list[str], failure: str) -> int:
+    try:
+        return _await_status(connection, errors)
+    except ClientError:
+        raise ClientError(failure) from None
 
 
 def _await_status(connection: BlockingUnixConnection, errors: list[str]) -> int:
