@@ -197,6 +197,24 @@ async def test_max_fds_is_the_boundary(pair, pipes):
     assert open_fds() == before
 
 
+async def test_descriptors_lost_for_want_of_descriptors_are_not_blamed_on_the_peer(pair, pipes):
+    import resource
+
+    left, right = pair
+    made = pipes(3)
+    await left.send(Fd(3), [w for _, w in made])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Room for exactly one more descriptor (the lowest free number): the other two cannot arrive.
+    taken = open_fds()
+    lowest_free = next(fd for fd in range(hard) if fd not in taken)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free + 1, hard))
+    try:
+        with pytest.raises(ProtocolError, match="this process has no descriptor left"):
+            await right.receive()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 async def test_max_fds_is_a_constructor_argument(pipes):
     a, b = trio.socket.socketpair()
     async with UnixChannel(a) as left, UnixChannel(b, max_fds=2) as right:

@@ -58,6 +58,7 @@ class UnixChannel(MessageChannel):
         # The same socket for callers that drive it with trio themselves.
         self.socket = trio.socket.from_stdlib_socket(sock)
         self.max_payload = max_payload
+        self._max_fds = max_fds
         self._ancillary_space = socket.CMSG_SPACE(max_fds * array.array("i").itemsize)
         try:
             self.peer = peer_credentials(sock)
@@ -94,9 +95,14 @@ class UnixChannel(MessageChannel):
                     )
                 except ConnectionError as exc:
                     raise trio.BrokenResourceError(f"{self.description}: {exc.strerror}") from exc
-                fds.extend(_fds_from_ancillary(ancdata))
+                arrived = _fds_from_ancillary(ancdata)
+                fds.extend(arrived)
                 if flags & socket.MSG_CTRUNC:
-                    raise ProtocolError("the peer sent more descriptors than a message may carry")
+                    # The kernel cuts the descriptors short for two reasons:
+                    # no room left in our buffer, or no descriptor left to us.
+                    if len(arrived) >= self._max_fds:
+                        raise ProtocolError("the peer sent more descriptors than a message may carry")
+                    raise ProtocolError("descriptors the peer sent were lost: this process has no descriptor left")
                 if not data:
                     if decoder.at_boundary and not fds:
                         return None
