@@ -7,11 +7,13 @@ again, three tries in all, like sudo.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from ._client_request import MAX_SECRET_ATTEMPTS, SECRET_REFUSED, ClientError
 
-SecretPrompt = Callable[[str], bytes]
+TYPE_CHECKING = False  # collections costs the one-shot client start-up time
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+SecretPrompt = "Callable[[str], bytes]"
 
 
 class Challenged(Exception):
@@ -25,7 +27,7 @@ class Challenged(Exception):
 class PasswordFlow:
     """What to do after each connection: finish, or reconnect with a secret."""
 
-    def __init__(self, ask_secret: SecretPrompt | None, on_retry: Callable[[], None] | None = None) -> None:
+    def __init__(self, ask_secret: Callable[[str], bytes] | None, on_retry: Callable[[], None] | None = None) -> None:
         self._ask_secret = ask_secret
         self._on_retry = on_retry
         self._prompt = ""

@@ -10,13 +10,12 @@ from __future__ import annotations
 from capsudo.proto import ProtocolError, lean
 from capsudo.transport import BlockingUnixConnection
 
-from ._client_request import MAX_SECRET_ATTEMPTS, SECRET_REFUSED, ClientError, ClientRequest, terminal_size
+from ._client_request import ClientError, ClientRequest, terminal_size
+from ._password_flow import Challenged, PasswordFlow, SecretPrompt
 
 TYPE_CHECKING = False  # typing and collections cost the client start-up time
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-SecretPrompt = "Callable[[str], bytes]"
 
 
 class SessionResult:
@@ -55,11 +54,6 @@ def _connect(path: str) -> BlockingUnixConnection:
         return BlockingUnixConnection(path)
     except OSError as exc:
         raise ClientError(f"cannot connect to {path}: {exc.strerror or exc}") from None
-
-
-class _Unauthorized(Exception):
-    def __init__(self, prompt: str) -> None:
-        self.prompt = prompt
 
 
 def _one_connection(path: str, request: ClientRequest, secret: bytes | None, errors: list[str]) -> int:
@@ -150,7 +144,7 @@ def _await_status(connection: BlockingUnixConnection, errors: list[str]) -> int:
         if type_code == lean.ERROR:
             errors.append(lean.text(payload))
         elif type_code == lean.UNAUTHORIZED:
-            raise _Unauthorized(lean.text(payload))
+            raise Challenged(lean.text(payload))
         # Anything else from a daemon is ignored: it carries nothing we act on.
 
 
@@ -162,27 +156,13 @@ def run_unix_session(
     On Unauthorized, asks for the secret and reconnects with it first; a
     refused secret is asked again (after `on_retry`), three tries in all.
     """
-    secret: bytes | None = None
-    prompt = ""
-    attempts = 0
+    flow = PasswordFlow(ask_secret, on_retry)
     while True:
         errors: list[str] = []
         try:
-            status = _one_connection(path, request, secret, errors)
-        except _Unauthorized as challenge:
-            if ask_secret is None:
-                raise ClientError("the endpoint asks for a password, and there is no way to ask for one") from None
-            if secret is not None:
-                raise ClientError("the endpoint refused the password without checking it") from None
-            prompt = challenge.prompt
-        else:
-            refused = secret is not None and errors == [SECRET_REFUSED]
-            if not refused:
-                return SessionResult(status, errors)
-            if attempts >= MAX_SECRET_ATTEMPTS:
-                raise ClientError(f"{MAX_SECRET_ATTEMPTS} incorrect password attempts")
-            if on_retry is not None:
-                on_retry()
-        assert ask_secret is not None
-        secret = ask_secret(prompt)
-        attempts += 1
+            status = _one_connection(path, request, flow.secret, errors)
+        except Challenged as challenge:
+            flow.challenged(challenge.prompt)
+            continue
+        if flow.finished(status, errors):
+            return SessionResult(status, errors)
