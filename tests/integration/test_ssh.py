@@ -75,6 +75,21 @@ async def test_library_session_over_ssh(daemon_factory, sshd, ssh_env):
 
 @pytest.mark.root
 @pytest.mark.slow
+def test_the_capsudo_command_runs_a_session_over_ssh(daemon_factory, sshd, ssh_env):
+    daemon = daemon_factory(*PINNED)
+    payload = b"typed into capsudo\n" * 1000
+    result = capsudo(_address(sshd, daemon.socket), "--", "ignored", input=payload, timeout=60, env=ssh_env)
+    assert result.returncode == 7, result.stderr
+    assert result.stdout == b"pinned-out\n" + payload
+    assert result.stderr == b"pinned-err\n"
+    missing = capsudo(_address(sshd, daemon.socket + ".absent"), "true", timeout=60, env=ssh_env)
+    assert missing.returncode == 1
+    assert missing.stderr.decode().startswith("capsudo: error: capsudo-proxy: cannot connect to "), missing.stderr
+    assert missing.stderr.count(b"\n") == 1
+
+
+@pytest.mark.root
+@pytest.mark.slow
 def test_proxy_exposes_an_ssh_endpoint_as_a_local_socket(daemon_factory, sshd, ssh_env, sock_dir):
     daemon = daemon_factory(*PINNED)
     proxy = start_proxy(f"unix://{sock_dir}/local.sock", _address(sshd, daemon.socket),
