@@ -409,3 +409,61 @@ async def test_silent_unpollable_stdin_does_not_hold_a_thread_after_its_session(
         for master, slave in terminals:
             os.close(master)
             os.close(slave)
+
+
+# A session on a pty of its own: its leader in the foreground, a child moved
+# to a process group of its own (so in the background); both pids printed.
+_FOREGROUND_AND_BACKGROUND = """
+import os, pty, sys, time
+pid, master = pty.fork()
+if pid == 0:
+    background = os.fork()
+    if background == 0:
+        os.setpgid(0, 0)
+        time.sleep(30)
+        os._exit(0)
+    os.setpgid(background, background)
+    print(os.getpid(), background, flush=True)
+    time.sleep(30)
+    os._exit(0)
+line = b""
+while not line.endswith(b"\\n"):
+    line += os.read(master, 100)
+sys.stdout.write(line.decode().strip() + "\\n")
+sys.stdout.flush()
+time.sleep(30)
+"""
+
+
+def test_a_client_is_in_the_foreground_unless_stopped_or_in_the_background():
+    import subprocess
+    import sys
+
+    from capsudo.core._pty import client_in_foreground
+
+    loose = subprocess.Popen(["sleep", "30"], start_new_session=True)  # no terminal at all
+    on_a_pty = subprocess.Popen([sys.executable, "-c", _FOREGROUND_AND_BACKGROUND], stdout=subprocess.PIPE)
+    try:
+        assert client_in_foreground(loose.pid)
+        os.kill(loose.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while client_in_foreground(loose.pid):
+            assert time.monotonic() < deadline, "a stopped process counted as in the foreground"
+            time.sleep(0.01)
+        os.kill(loose.pid, signal.SIGCONT)
+        assert client_in_foreground(loose.pid)
+
+        leader, background = map(int, on_a_pty.stdout.readline().split())
+        assert client_in_foreground(leader)
+        assert not client_in_foreground(background)
+    finally:
+        for process in (loose, on_a_pty):
+            process.kill()
+            process.wait()
+        if "background" in locals():
+            for pid in (leader, background):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    assert client_in_foreground(loose.pid)  # gone: /proc cannot tell, so reading goes on

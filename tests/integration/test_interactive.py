@@ -311,15 +311,11 @@ def test_terminal_settings_restored_when_the_client_is_signalled(outer_shell, si
     assert outer_shell.settings() == before
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known limitation: while the client is stopped the daemon still reads the caller's terminal, "
-    "so the shell's `fg` line can go to the program instead (a race)",
-)
 def test_stopped_and_continued_client_is_raw_again(daemon):
     """bash puts its own settings back when a job stops; after `fg` the
     client must make the terminal raw again, and pass on a size changed
-    while it was stopped."""
+    while it was stopped. While it is stopped the daemon leaves the
+    terminal's input to the shell, so `fg` reaches bash."""
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("bash is not installed")
@@ -341,6 +337,12 @@ def test_stopped_and_continued_client_is_raw_again(daemon):
         assert in_raw_mode(shell)
         os.kill(child_of(shell.pid), signal.SIGSTOP)
         shell.expect_exact("bash-ready> ")
+        # Typed while the job is stopped, and ahead while nothing reads the
+        # terminal (the shell waits for sleep): the shell's, not the program's.
+        shell.sendline("sleep 1; read y; echo shell-has-$y")
+        shell.sendline("typed-ahead")
+        shell.expect_exact("shell-has-typed-ahead")
+        shell.expect_exact("bash-ready> ")
         shell.setwinsize(50, 100)
         shell.sendline("fg")
         deadline = time.monotonic() + 10
@@ -349,6 +351,7 @@ def test_stopped_and_continued_client_is_raw_again(daemon):
             time.sleep(0.05)
         shell.send("typed\r")
         shell.expect_exact("line=typed 50 100")
+        assert b"line=echo" not in shell.before
         shell.sendcontrol("d")
         shell.expect_exact("bash-ready> ")
         shell.sendline('echo "status=$?"')  # after fg: the job's status

@@ -143,11 +143,11 @@ async def _supervise(
     return status
 
 
-def open_program(request: Request, executable: str, argv: list[str], env: dict[str, str]):
+def open_program(request: Request, executable: str, argv: list[str], env: dict[str, str], client_pid: int | None):
     if request.interactive:
         from ._pty import open_pty_program
 
-        return open_pty_program(executable, argv, env, request.fds, request.winsize)
+        return open_pty_program(executable, argv, env, request.fds, request.winsize, client_pid=client_pid)
     return open_plain_program(executable, argv, env, request.fds)
 
 
@@ -198,7 +198,8 @@ async def _serve(
         record.argv = argv
         try:
             executable = resolve_program(argv[0], env)
-            async with open_program(request, executable, argv, env) as program:
+            client_pid = channel.peer.pid if channel.peer is not None and channel.peer.pid > 0 else None
+            async with open_program(request, executable, argv, env, client_pid) as program:
                 request.close_fds()  # the program holds them now; our copies would delay end-of-file
                 status = await _supervise(channel, program, limits, shutdown, record)
         except (SpawnError, ProgramNotFound, OSError) as exc:

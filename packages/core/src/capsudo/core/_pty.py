@@ -53,6 +53,37 @@ _MEM_MAJOR = 1
 _TTYAUX_MAJOR = 5
 
 
+# While the client is not in the foreground of its terminal (stopped, or put
+# in the background), how often to look again before reading that terminal.
+FOREGROUND_POLL = 0.05
+
+
+def client_in_foreground(pid: int) -> bool:
+    """False while `pid` is stopped or its process group is not the foreground
+    one of its terminal; True otherwise, and when /proc cannot tell.
+
+    The daemon reads the caller's terminal on the client's behalf. When the
+    shell stops the client (^Z) and takes the terminal back, what is typed
+    next (`fg`) is the shell's: the daemon must not read it.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            line = stat_file.read()
+    except OSError:
+        return True
+    # The command name in parentheses may hold anything: fields follow its last ")".
+    fields = line[line.rfind(b")") + 2 :].split()
+    try:
+        state, pgrp, tty_nr, tpgid = fields[0], int(fields[2]), int(fields[4]), int(fields[5])
+    except (IndexError, ValueError):
+        return True
+    if state in (b"T", b"t"):  # stopped, or stopped by a tracer
+        return False
+    if tty_nr == 0 or tpgid <= 0:
+        return True  # no controlling terminal to be in the background of
+    return tpgid == pgrp
+
+
 def _pack_winsize(winsize: Winsize | None) -> bytes:
     if winsize is None or not (winsize.rows and winsize.cols):
         return struct.pack("HHHH", DEFAULT_ROWS, DEFAULT_COLS, 0, 0)
@@ -404,8 +435,12 @@ class PtyProgram:
     right away, and it returns when the program exited and its output has
     been relayed."""
 
-    def __init__(self, pid: int, pidfd: int, master: int, source: _View, sink: _View) -> None:
+    def __init__(
+        self, pid: int, pidfd: int, master: int, source: _View, sink: _View, client_pid: int | None = None
+    ) -> None:
         self.pid = pid
+        # Whose turn at the terminal decides whether its input may be read (None: always).
+        self._client_pid = client_pid
         self._pidfd = pidfd
         self._master = master
         self._source = source
@@ -533,6 +568,11 @@ class PtyProgram:
                 await source.wait_readable()
                 if self._exited.is_set():
                     return
+                if self._client_pid is not None and not client_in_foreground(self._client_pid):
+                    # Typed input is the shell's now; look again after a moment,
+                    # not at once (the terminal stays readable all along).
+                    await trio.sleep(FOREGROUND_POLL)
+                    continue
                 data = await source.read_ready(INPUT_CHUNK)
                 if data is None:
                     continue
@@ -592,11 +632,15 @@ async def open_pty_program(
     env: Mapping[str, str],
     stdio_fds: Sequence[int],
     winsize: Winsize | None,
+    *,
+    client_pid: int | None = None,
 ) -> AsyncIterator[PtyProgram]:
     """Start argv on a new pty relayed to the client's stdin and stdout.
 
     The client's stderr is not used: the program's stderr is the terminal.
     Leaving the context before the program ended kills its process group.
+    With `client_pid`, a terminal on stdin is read only while that process
+    has its turn in the terminal's foreground.
     Raises SpawnError when the program cannot be started.
     """
     views: list[_View] = []
@@ -617,7 +661,8 @@ async def open_pty_program(
         for view in views:
             view.close()
         raise SpawnError(f"cannot watch the program: {exc.strerror}") from None
-    program = PtyProgram(pid, pidfd, master, views[0], views[1])
+    gate = client_pid if client_pid is not None and os.isatty(stdio_fds[0]) else None
+    program = PtyProgram(pid, pidfd, master, views[0], views[1], client_pid=gate)
     try:
         yield program
     finally:
