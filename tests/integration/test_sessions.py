@@ -175,8 +175,8 @@ def test_sigterm_hangs_up_running_programs(daemon, tmp_path):
     assert not os.path.exists(daemon.socket)
 
 
-def test_sigterm_kills_a_program_that_ignores_sighup_after_the_grace(daemon_factory, tmp_path):
-    daemon = daemon_factory("--hangup-grace", "1")
+def _start_sighup_ignoring_program(daemon, tmp_path) -> tuple[subprocess.Popen, int]:
+    """A client whose program ignores SIGHUP; (the client, the program's pid)."""
     pidfile = tmp_path / "pid"
     client = subprocess.Popen(
         [CAPSUDO, "-S", daemon.socket, "--", "sh", "-c", f"trap '' HUP; echo $$ > {pidfile}; exec sleep 60"],
@@ -184,7 +184,12 @@ def test_sigterm_kills_a_program_that_ignores_sighup_after_the_grace(daemon_fact
     )
     wait_for_path(str(pidfile))
     time.sleep(0.1)
-    pid = int(pidfile.read_text())
+    return client, int(pidfile.read_text())
+
+
+def test_sigterm_kills_a_program_that_ignores_sighup_after_the_grace(daemon_factory, tmp_path):
+    daemon = daemon_factory("--hangup-grace", "1")
+    client, pid = _start_sighup_ignoring_program(daemon, tmp_path)
     started = time.monotonic()
     assert daemon.stop(signal.SIGTERM) == 0
     stopped = time.monotonic() - started
@@ -238,14 +243,7 @@ def test_client_that_leaves_gets_its_program_hung_up(daemon_factory, tmp_path):
 
 def test_program_ignoring_sighup_is_killed_after_the_grace(daemon_factory, tmp_path):
     daemon = daemon_factory("--hangup-grace", "0.5")
-    pidfile = tmp_path / "pid"
-    client = subprocess.Popen(
-        [CAPSUDO, "-S", daemon.socket, "--", "sh", "-c", f"trap '' HUP; echo $$ > {pidfile}; exec sleep 60"],
-        stdin=subprocess.DEVNULL,
-    )
-    wait_for_path(str(pidfile))
-    time.sleep(0.1)
-    pid = int(pidfile.read_text())
+    client, pid = _start_sighup_ignoring_program(daemon, tmp_path)
     client.kill()
     started = time.monotonic()
     assert _wait_gone(pid, 5)
