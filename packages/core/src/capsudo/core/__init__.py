@@ -60,17 +60,9 @@ _HOME = {
 }
 
 
-def __getattr__(name: str):
-    module = _HOME.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(__import__(__name__ + module, fromlist=[name]), name)
-    globals()[name] = value
-    return value
+from capsudo.proto._lazy import lazy_exports
 
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _HOME, __all__)
 
 
 if TYPE_CHECKING:
