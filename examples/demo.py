@@ -62,8 +62,8 @@ def main() -> int:
         run(CAPSUDO, "-S", broad, "--", "tr", "a-z", "A-Z", input=b"stdin goes through too\n")
         run(CAPSUDO, "-S", broad, "--", "no-such-program")
 
-        show("A pinned endpoint: only `uname -sr`, whatever the client asks")
-        narrow = start(CAPSUDOD, "-S", pinned, "-f", "--", "uname", "-sr")
+        show("A pinned endpoint (-f command, -E environment): only `uname -sr`, whatever the client asks")
+        narrow = start(CAPSUDOD, "-S", pinned, "-fE", "--", "uname", "-sr")
         run(CAPSUDO, "-S", pinned, "--", "rm", "-rf", "/")
 
         show("Stopping: SIGTERM hangs up running programs and removes the sockets")
