@@ -29,7 +29,7 @@ from ptyprocess import PtyProcess
 
 from capsudo.proto import Winsize
 
-from ._spawn import SpawnError, signal_group
+from ._spawn import SpawnError, pidfd_or_kill, signal_group
 from ._status import from_wait_status
 
 DEFAULT_ROWS, DEFAULT_COLS = 24, 80
@@ -653,14 +653,12 @@ async def open_pty_program(
             view.close()
         raise
     try:
-        pidfd = os.pidfd_open(pid)
-    except OSError as exc:
-        signal_group(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        pidfd = pidfd_or_kill(pid, reap=lambda: os.waitpid(pid, 0))
+    except SpawnError:
         os.close(master)
         for view in views:
             view.close()
-        raise SpawnError(f"cannot watch the program: {exc.strerror}") from None
+        raise
     gate = client_pid if client_pid is not None and os.isatty(stdio_fds[0]) else None
     program = PtyProgram(pid, pidfd, master, views[0], views[1], client_pid=gate)
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Protocol
 
@@ -39,11 +39,11 @@ class RunningProgram(Protocol):
 class PlainProgram:
     """A program writing straight into the client's own descriptors."""
 
-    def __init__(self, process: subprocess.Popen) -> None:
+    def __init__(self, process: subprocess.Popen, pidfd: int) -> None:
         self._process = process
         self.pid = process.pid
         # Its end is awaited as readiness of a pidfd: no thread, no SIGCHLD.
-        self._pidfd = os.pidfd_open(process.pid)
+        self._pidfd = pidfd
 
     @property
     def ended(self) -> bool:
@@ -85,13 +85,7 @@ async def open_plain_program(
         )
     except OSError as exc:
         raise SpawnError(exc.strerror or str(exc)) from None
-    try:
-        program = PlainProgram(process)
-    except OSError as exc:
-        # Out of descriptors for its pidfd: a program nobody could supervise must not run.
-        signal_group(process.pid, signal.SIGKILL)
-        process.wait()
-        raise SpawnError(f"cannot supervise it: {exc.strerror}") from None
+    program = PlainProgram(process, pidfd_or_kill(process.pid, reap=process.wait))
     try:
         yield program
     finally:
@@ -101,6 +95,20 @@ async def open_plain_program(
             with trio.CancelScope(shield=True):
                 await program.wait()
         program.close()
+
+
+def pidfd_or_kill(pid: int, reap: Callable[[], object]) -> int:
+    """A pidfd for a program just started.
+
+    Without one (out of descriptors) nobody could supervise the program, so
+    it must not run: it is killed, reaped by `reap`, and SpawnError raised.
+    """
+    try:
+        return os.pidfd_open(pid)
+    except OSError as exc:
+        signal_group(pid, signal.SIGKILL)
+        reap()
+        raise SpawnError(f"cannot watch the program: {exc.strerror}") from None
 
 
 def signal_group(pgid: int, signum: int) -> bool:
