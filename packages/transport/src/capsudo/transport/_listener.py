@@ -72,6 +72,9 @@ class UnixListener:
         # Only our own socket is removed: a successor may have replaced it.
         if self.socket.fileno() != -1 and self.owns_path():
             os.unlink(self.path)
+        if self.socket.fileno() != -1:
+            # A stdlib socket: trio is told itself, so no task stays waiting on a closed descriptor.
+            trio.lowlevel.notify_closing(self.socket)
         self.socket.close()
         await trio.lowlevel.checkpoint()
 
