@@ -56,6 +56,10 @@ def _connect(path: str) -> BlockingUnixConnection:
         raise ClientError(f"cannot connect to {path}: {exc.strerror or exc}") from None
 
 
+class _Answered(Exception):
+    """The far end stopped reading the request; what it said may still be read."""
+
+
 def _one_connection(path: str, request: ClientRequest, secret: bytes | None, errors: list[str]) -> int:
     with _connect(path) as connection:
         try:
@@ -64,7 +68,10 @@ def _one_connection(path: str, request: ClientRequest, secret: bytes | None, err
                 return _await_status(connection, errors)
             return _interactive_session(path, connection, request, secret, errors)
         except _Answered as cut:
-            return _status_after_refusal(connection, errors, str(cut))
+            try:
+                return _await_status(connection, errors)
+            except ClientError:  # it closed without a word: the failure itself is the news
+                raise ClientError(str(cut)) from None
 
 
 def _send_request(path: str, connection: BlockingUnixConnection, request: ClientRequest, secret: bytes | None) -> None:
@@ -81,10 +88,6 @@ def _send_request(path: str, connection: BlockingUnixConnection, request: Client
             # waiting in the socket, and is worth more than "broken pipe".
             raise _Answered(failure) from None
         raise ClientError(failure) from None
-
-
-class _Answered(Exception):
-    """The far end stopped reading the request; what it said may still be read."""
 
 
 def _interactive_session(
@@ -119,13 +122,6 @@ def _interactive_session(
         with on_window_change(send_size):
             send_size()  # a resize between the handshake and now would go unseen
             return _await_status(connection, errors)
-
-
-def _status_after_refusal(connection: BlockingUnixConnection, errors: list[str], failure: str) -> int:
-    try:
-        return _await_status(connection, errors)
-    except ClientError:
-        raise ClientError(failure) from None
 
 
 def _await_status(connection: BlockingUnixConnection, errors: list[str]) -> int:
