@@ -110,14 +110,19 @@ class Daemon:
         return self.process.pid
 
     def __exit__(self, *exc_info) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM, as a service is stopped; SIGKILL if it is not gone within 10 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def spawn_and_wait(argv: list[str], **kwargs) -> float:

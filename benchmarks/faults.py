@@ -48,7 +48,7 @@ import termios
 import threading
 import time
 
-from _harness import CAPSUDO, CAPSUDOD, Daemon, Verdict, ms, table, wait_until_connectable
+from _harness import CAPSUDO, CAPSUDOD, Daemon, Verdict, ms, stop_process, table, wait_until_connectable
 from memory import descriptors
 
 from capsudo.core import ClientError, run
@@ -248,12 +248,7 @@ def process_limit(verdict: Verdict) -> None:
                 phases.append(phase)
             alive = daemon.poll() is None
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(10)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            stop_process(daemon)
     daemon_log = open(log_path).read()
     shutil.rmtree(directory, ignore_errors=True)
 

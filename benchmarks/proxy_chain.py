@@ -26,13 +26,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
-from _harness import BIN, CAPSUDO, Daemon, Verdict, median, ms, percentile, spawn_and_wait, table
+from _harness import BIN, CAPSUDO, Daemon, Verdict, median, ms, percentile, spawn_and_wait, stop_process, table
 
 SIZE = 1 << 30
 CHUNK = 1 << 20
@@ -61,13 +60,7 @@ class Proxy:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def drain(fd: int) -> tuple[int, float | None, float]:
