@@ -2,7 +2,7 @@ import pytest
 
 from pathlib import Path
 
-from .daemon_process import start_daemon, start_network_daemon
+from .daemon_process import kill_left_running, start_daemon, start_network_daemon
 
 
 @pytest.fixture
@@ -15,10 +15,7 @@ def daemon_factory(sock_dir):
         return daemon
 
     yield start
-    for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait()
+    kill_left_running(started)
 
 
 @pytest.fixture
@@ -33,10 +30,7 @@ def network_daemon_factory(sock_dir):
         return daemon
 
     yield start
-    for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait()
+    kill_left_running(started)
 
 
 @pytest.fixture

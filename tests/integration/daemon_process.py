@@ -39,6 +39,14 @@ class Daemon:
         return self.process.wait(timeout)
 
 
+def kill_left_running(started) -> None:
+    """At a fixture's end: SIGKILL and reap whatever it started that still runs."""
+    for started_process in started:
+        if started_process.process.poll() is None:
+            started_process.process.kill()
+            started_process.process.wait()
+
+
 def start_daemon(socket_path: str, *args: str, log_dir: str | None = None, env=None) -> Daemon:
     log_path = Path(log_dir or os.path.dirname(socket_path)) / (os.path.basename(socket_path) + ".log")
     log = open(log_path, "wb")

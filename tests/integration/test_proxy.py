@@ -17,7 +17,7 @@ from capsudo.proto import Arg, End, Error, Exit, Fd
 from capsudo.transport import MuxChannel, connect_unix
 
 from .channel_session import run_over
-from .daemon_process import CAPSUDO, capsudo
+from .daemon_process import CAPSUDO, capsudo, kill_left_running
 from .proxy_process import CAPSUDO_PROXY, start_proxy
 
 # Says something on both outputs, echoes its input, and exits with a status of its own.
@@ -34,10 +34,7 @@ def proxies(sock_dir):
         return proxy
 
     yield start
-    for proxy in started:
-        if proxy.process.poll() is None:
-            proxy.process.kill()
-            proxy.process.wait()
+    kill_left_running(started)
 
 
 def _session_lines(daemon) -> list[str]:
