@@ -39,9 +39,16 @@ def test_blocking_unix_connection_loads_neither_trio_nor_construct():
     }
 
 
-def test_message_classes_load_construct_on_first_use():
-    # The probe above can tell: touching a message class does load construct.
-    assert loaded_after("import capsudo.proto", then="capsudo.proto.Arg") == {"trio": False, "construct": True}
+def test_frame_codec_loads_construct_on_first_use():
+    # The probe above can tell: touching the multiplexer's frame codec does load construct.
+    assert loaded_after("import capsudo.proto", then="capsudo.proto.FrameDecoder") == {"trio": False, "construct": True}
+
+
+def test_message_classes_and_the_session_protocol_load_neither_trio_nor_construct():
+    # The control messages share the one struct codec (lean) with the one-shot client.
+    assert loaded_after(
+        "import capsudo.proto", then="capsudo.proto.Arg; capsudo.proto.SessionProtocol"
+    ) == {"trio": False, "construct": False}
 
 
 def test_unix_channel_loads_trio():

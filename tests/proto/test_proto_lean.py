@@ -1,4 +1,5 @@
-"""capsudo.proto.lean agrees byte for byte with the construct codec."""
+"""capsudo.proto.lean, the one control codec, agrees byte for byte with the
+layouts `_layout` declares with construct, and with the typed messages built on it."""
 
 from __future__ import annotations
 
@@ -142,3 +143,18 @@ def test_exit_status_values():
 
 def test_text_replaces_undecodable_bytes():
     assert lean.text(b"unable to run x: \xff") == "unable to run x: \ufffd"
+
+
+@SETTINGS
+@given(U32, U32, st.integers(-(2**31), 2**31 - 1), U16, U16, U16, U16)
+def test_the_codec_agrees_with_the_construct_layouts(type_code, length, status, rows, cols, xpixels, ypixels):
+    from capsudo.proto import _layout
+
+    assert lean.HEADER.pack(type_code, length) == _layout.CONTROL_HEADER.build({"type": type_code, "length": length})
+    assert lean.exit_payload(status) == _layout.EXIT_PAYLOAD.build({"status": status})
+    assert lean.fd_payload(length) == _layout.FD_PAYLOAD.build({"count": length})
+    assert lean.session_type_payload(length) == _layout.SESSION_TYPE_PAYLOAD.build({"kind": length})
+    fields = {"rows": rows, "cols": cols, "xpixels": xpixels, "ypixels": ypixels}
+    assert lean.winsize_payload(rows, cols, xpixels, ypixels) == _layout.WINSIZE_PAYLOAD.build(fields)
+    assert lean.winsize_fields(_layout.WINSIZE_PAYLOAD.build(fields)) == (rows, cols, xpixels, ypixels)
+    assert lean.exit_status(_layout.EXIT_PAYLOAD.build({"status": status})) == status

@@ -77,7 +77,7 @@ async def test_oversized_and_empty_secrets_are_not_read():
         (lean.HEADER.pack(lean.SECRET, 10) + b"abc", "the connection closed in the middle of a message"),
         (b"\x07\x00\x00", "the connection closed in the middle of a message"),
         (lean.HEADER.pack(42, 1) + b"z", "unknown message type 42"),
-        (lean.HEADER.pack(lean.ARG, 2**31), "message announces 2147483648 bytes, more than the limit of 16777216"),
+        (lean.HEADER.pack(lean.ARG, 2**31), "Arg message announces 2147483648 bytes, more than the limit of 16777216"),
     ],
 )
 async def test_bad_bytes_are_a_protocol_error(data, message):

@@ -18,12 +18,13 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from capsudo.proto import Arg, End, Env, Error, Exit, Fd, ProtocolError, Secret, SessionKind, SessionType, Unauthorized, Winsize
+from capsudo.proto import (CLIENT, MESSAGE_CLASSES, Challenged, Failed, Finished, ProtocolError, SessionProtocol,
+                           Winsize, handshake, lean)
 from capsudo.transport import EndpointError, MessageChannel, TlsOptions, connect_endpoint
 from capsudo.transport._tls import describe_tls_failure, find_ssl_error
 
 from ._client_request import ClientError, ClientRequest, terminal_size
-from ._password_flow import Challenged, PasswordFlow, SecretPrompt
+from ._password_flow import PasswordRequired, PasswordFlow, SecretPrompt
 from ._terminal import FATAL_SIGNALS, Interrupted, raw_mode
 from ._unix_client import SessionResult
 
@@ -72,29 +73,23 @@ async def run_channel_session(connect: Connect, request: ClientRequest, flow: Pa
         errors: list[str] = []
         try:
             status = await _one_connection(connect, request, flow.secret, errors)
-        except Challenged as challenge:
+        except PasswordRequired as challenge:
             flow.challenged(challenge.prompt)
             continue
         if flow.finished(status, errors):
             return SessionResult(status, errors)
 
 
-async def _send_request(channel: MessageChannel, request: ClientRequest, secret: bytes | None) -> None:
-    if secret is not None:
-        await channel.send(Secret(secret))
-    for entry in request.env_entries:
-        await channel.send(Env(entry))
-    for value in request.argv:
-        await channel.send(Arg(value))
-    kind = SessionKind.INTERACTIVE if request.interactive else SessionKind.NON_INTERACTIVE
-    await channel.send(SessionType(kind))
-    if request.interactive and request.winsize:
-        await channel.send(Winsize(*request.winsize))
-    await channel.send(Fd(3), request.stdio)
-    await channel.send(End())
+async def _send_request(
+    channel: MessageChannel, protocol: SessionProtocol, request: ClientRequest, secret: bytes | None
+) -> None:
+    for type_code, payload in handshake(request, secret):
+        protocol.send(type_code)
+        message = MESSAGE_CLASSES[type_code].from_payload(payload)
+        await channel.send(message, request.stdio if type_code == lean.FD else ())
 
 
-async def _await_status(channel: MessageChannel, errors: list[str]) -> int:
+async def _await_status(channel: MessageChannel, protocol: SessionProtocol, errors: list[str]) -> int:
     while True:
         try:
             received = await channel.receive()
@@ -104,16 +99,19 @@ async def _await_status(channel: MessageChannel, errors: list[str]) -> int:
             raise _link_failure("connection to the daemon lost", exc) from None
         if received is None:
             raise ClientError("the daemon closed the connection before sending an exit status")
-        message = received.message
-        if isinstance(message, Exit):
-            return message.status
-        if isinstance(message, Error):
-            errors.append(message.text)
-        elif isinstance(message, Unauthorized):
-            raise Challenged(message.prompt)
+        try:
+            event = protocol.receive(received.message)
+        except ProtocolError as exc:
+            raise ClientError(f"the daemon sent a bad reply: {exc}") from None
+        if isinstance(event, Finished):
+            return event.status
+        if isinstance(event, Failed):
+            errors.append(event.text)
+        elif isinstance(event, Challenged):
+            raise PasswordRequired(event.prompt)
 
 
-async def _relay_signals(channel: MessageChannel, request: ClientRequest) -> None:
+async def _relay_signals(channel: MessageChannel, protocol: SessionProtocol, request: ClientRequest) -> None:
     """Window changes become Winsize messages; fatal signals end the session.
 
     A client stopped and continued (SIGSTOP, then `fg`) finds the terminal as
@@ -127,6 +125,7 @@ async def _relay_signals(channel: MessageChannel, request: ClientRequest) -> Non
         nonlocal sent
         size = terminal_size(request.stdio[1]) or terminal_size(request.stdio[0])
         if size and size != sent:
+            protocol.send(Winsize.type)
             await channel.send(Winsize(*size))
             sent = size
 
@@ -153,6 +152,7 @@ def _raw_again(fd: int) -> None:
 
 async def _one_connection(connect: Connect, request: ClientRequest, secret: bytes | None, errors: list[str]) -> int:
     channel = await connect()
+    protocol = SessionProtocol(CLIENT)
     async with channel:
         # Raw before the descriptors leave: the program may read the terminal
         # the moment it starts, and keys typed then must not meet cooked mode.
@@ -160,13 +160,13 @@ async def _one_connection(connect: Connect, request: ClientRequest, secret: byte
         # before the secret is asked for.
         with raw_mode(request.stdio[0]) if request.interactive else contextlib.nullcontext():
             try:
-                await _send_request(channel, request, secret)
+                await _send_request(channel, protocol, request, secret)
             except (trio.BrokenResourceError, OSError) as exc:
                 raise _link_failure("connection lost during the handshake", exc) from None
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_relay_signals, channel, request)
-                    status = await _await_status(channel, errors)
+                    nursery.start_soon(_relay_signals, channel, protocol, request)
+                    status = await _await_status(channel, protocol, errors)
                     nursery.cancel_scope.cancel()
             except BaseExceptionGroup as group:
                 # One task failed and the other was cancelled: raise that one.

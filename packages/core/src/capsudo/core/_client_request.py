@@ -17,7 +17,6 @@ ENDPOINT_VARIABLE = "CAPSUDO_SOCKET"
 
 # Like sudo: three tries at the password, then give up.
 MAX_SECRET_ATTEMPTS = 3
-SECRET_REFUSED = "secret invalid"
 
 
 class ClientError(Exception):

@@ -7,7 +7,9 @@ again, three tries in all, like sudo.
 
 from __future__ import annotations
 
-from ._client_request import MAX_SECRET_ATTEMPTS, SECRET_REFUSED, ClientError
+from capsudo.proto import reason_of
+
+from ._client_request import MAX_SECRET_ATTEMPTS, ClientError
 
 TYPE_CHECKING = False  # collections costs the one-shot client start-up time
 if TYPE_CHECKING:
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
 SecretPrompt = "Callable[[str], bytes]"
 
 
-class Challenged(Exception):
+class PasswordRequired(Exception):
     """The endpoint answered Unauthorized with this prompt."""
 
     def __init__(self, prompt: str) -> None:
@@ -45,7 +47,7 @@ class PasswordFlow:
 
     def finished(self, status: int, errors: list[str]) -> bool:
         """A connection ended with a status; False means reconnect with a new secret."""
-        if self.secret is None or errors != [SECRET_REFUSED]:
+        if self.secret is None or len(errors) != 1 or getattr(reason_of(errors[0]), "code", None) != "secret-invalid":
             return True
         if self._attempts >= MAX_SECRET_ATTEMPTS:
             raise ClientError(f"{MAX_SECRET_ATTEMPTS} incorrect password attempts")

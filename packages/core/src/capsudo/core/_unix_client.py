@@ -7,11 +7,11 @@ runs at the start of every command.
 
 from __future__ import annotations
 
-from capsudo.proto import ProtocolError, lean
+from capsudo.proto import CLIENT, Challenged, Failed, Finished, ProtocolError, SessionProtocol, handshake, lean
 from capsudo.transport import BlockingUnixConnection
 
 from ._client_request import ClientError, ClientRequest, terminal_size
-from ._password_flow import Challenged, PasswordFlow, SecretPrompt
+from ._password_flow import PasswordRequired, PasswordFlow, SecretPrompt
 
 TYPE_CHECKING = False  # typing and collections cost the client start-up time
 if TYPE_CHECKING:
@@ -39,14 +39,15 @@ class SessionResult:
         return f"SessionResult(status={self.status!r}, errors={self.errors!r})"
 
 
-def _handshake(request: ClientRequest, secret: bytes | None) -> bytes:
-    parts = [lean.secret(secret)] if secret is not None else []
-    parts += [lean.env(entry) for entry in request.env_entries]
-    parts += [lean.arg(value) for value in request.argv]
-    parts.append(lean.session_type(lean.INTERACTIVE if request.interactive else lean.NON_INTERACTIVE))
-    if request.interactive and request.winsize:
-        parts.append(lean.winsize(*request.winsize))
-    return b"".join(parts)
+def _handshake(protocol: SessionProtocol, request: ClientRequest, secret: bytes | None) -> tuple[bytes, bytes]:
+    """The configuration's bytes: what goes before the descriptors, and the
+    message that carries them with End."""
+    before = []
+    carrying = []
+    for type_code, payload in handshake(request, secret):
+        protocol.send(type_code)
+        (carrying if type_code in (lean.FD, lean.END) else before).append(lean.message(type_code, payload))
+    return b"".join(before), b"".join(carrying)
 
 
 def _connect(path: str) -> BlockingUnixConnection:
@@ -61,25 +62,29 @@ class _Answered(Exception):
 
 
 def _one_connection(path: str, request: ClientRequest, secret: bytes | None, errors: list[str]) -> int:
+    protocol = SessionProtocol(CLIENT)
     with _connect(path) as connection:
         try:
             if not request.interactive:
-                _send_request(path, connection, request, secret)
-                return _await_status(connection, errors)
-            return _interactive_session(path, connection, request, secret, errors)
+                _send_request(path, connection, protocol, request, secret)
+                return _await_status(connection, protocol, errors)
+            return _interactive_session(path, connection, protocol, request, secret, errors)
         except _Answered as cut:
             try:
-                return _await_status(connection, errors)
+                return _await_status(connection, protocol, errors)
             except ClientError:  # it closed without a word: the failure itself is the news
                 raise ClientError(str(cut)) from None
 
 
-def _send_request(path: str, connection: BlockingUnixConnection, request: ClientRequest, secret: bytes | None) -> None:
+def _send_request(
+    path: str, connection: BlockingUnixConnection, protocol: SessionProtocol, request: ClientRequest, secret: bytes | None
+) -> None:
+    before, carrying = _handshake(protocol, request, secret)
     try:
-        connection.send(_handshake(request, secret))
+        connection.send(before)
         # The descriptors ride alone on the Fd message, so the daemon can
         # tell which message carried them.
-        connection.send(lean.fd(3) + lean.end(), request.stdio)
+        connection.send(carrying, request.stdio)
     except OSError as exc:
         failure = f"connection to {path} failed during the handshake: {exc.strerror or exc}"
         if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
@@ -91,7 +96,12 @@ def _send_request(path: str, connection: BlockingUnixConnection, request: Client
 
 
 def _interactive_session(
-    path: str, connection: BlockingUnixConnection, request: ClientRequest, secret: bytes | None, errors: list[str]
+    path: str,
+    connection: BlockingUnixConnection,
+    protocol: SessionProtocol,
+    request: ClientRequest,
+    secret: bytes | None,
+    errors: list[str],
 ) -> int:
     # Imported here: contextlib (and the collections it pulls in) and the
     # terminal are for interactive sessions only.
@@ -108,7 +118,9 @@ def _interactive_session(
             return  # a message now would land inside the handshake
         size = terminal_size(request.stdio[1]) or terminal_size(request.stdio[0])
         if size and size != sent:
-            with contextlib.suppress(OSError):
+            # After the outcome a resize has nowhere to go (the protocol says so).
+            with contextlib.suppress(OSError, ProtocolError):
+                protocol.send(lean.WINSIZE)
                 connection.send(lean.winsize(*size))
                 sent = size
 
@@ -117,14 +129,14 @@ def _interactive_session(
     # A password challenge leaves this block, and the terminal restored,
     # before the secret is asked for.
     with stop_on_signals(), raw_mode(request.stdio[0], on_continue=send_size):
-        _send_request(path, connection, request, secret)
+        _send_request(path, connection, protocol, request, secret)
         request_sent = True
         with on_window_change(send_size):
             send_size()  # a resize between the handshake and now would go unseen
-            return _await_status(connection, errors)
+            return _await_status(connection, protocol, errors)
 
 
-def _await_status(connection: BlockingUnixConnection, errors: list[str]) -> int:
+def _await_status(connection: BlockingUnixConnection, protocol: SessionProtocol, errors: list[str]) -> int:
     while True:
         try:
             reply = connection.receive()
@@ -135,13 +147,16 @@ def _await_status(connection: BlockingUnixConnection, errors: list[str]) -> int:
         if reply is None:
             raise ClientError("the daemon closed the connection before sending an exit status")
         type_code, payload = reply
-        if type_code == lean.EXIT:
-            return lean.exit_status(payload)
-        if type_code == lean.ERROR:
-            errors.append(lean.text(payload))
-        elif type_code == lean.UNAUTHORIZED:
-            raise Challenged(lean.text(payload))
-        # Anything else from a daemon is ignored: it carries nothing we act on.
+        try:
+            event = protocol.receive(type_code=type_code, payload=payload)
+        except ProtocolError as exc:
+            raise ClientError(f"the daemon sent a bad reply: {exc}") from None
+        if isinstance(event, Finished):
+            return event.status
+        if isinstance(event, Failed):
+            errors.append(event.text)
+        elif isinstance(event, Challenged):
+            raise PasswordRequired(event.prompt)
 
 
 def run_unix_session(
@@ -157,7 +172,7 @@ def run_unix_session(
         errors: list[str] = []
         try:
             status = _one_connection(path, request, flow.secret, errors)
-        except Challenged as challenge:
+        except PasswordRequired as challenge:
             flow.challenged(challenge.prompt)
             continue
         if flow.finished(status, errors):

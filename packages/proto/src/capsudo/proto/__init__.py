@@ -32,9 +32,26 @@ __all__ = [
     "Unauthorized",
     "Winsize",
     "End",
+    "MESSAGE_CLASSES",
     "encode_message",
     "decode_header",
     "ControlDecoder",
+    # the session protocol
+    "SessionProtocol",
+    "HandshakeLimits",
+    "Request",
+    "Reason",
+    "Refused",
+    "reason",
+    "reason_of",
+    "Configured",
+    "Resized",
+    "Failed",
+    "Challenged",
+    "Finished",
+    "CLIENT",
+    "DAEMON",
+    "handshake",
     # multiplexer frames
     "FrameKind",
     "Direction",
@@ -51,10 +68,15 @@ __all__ = [
 _HOME = {
     **dict.fromkeys(
         ["MessageType", "SessionKind", "Message", "Arg", "Env", "Exit", "Fd", "SessionType",
-         "Error", "Secret", "Unauthorized", "Winsize", "End", "encode_message", "decode_header"],
+         "Error", "Secret", "Unauthorized", "Winsize", "End", "MESSAGE_CLASSES", "encode_message", "decode_header"],
         "._messages",
     ),
     "ControlDecoder": "._control",
+    **dict.fromkeys(
+        ["SessionProtocol", "HandshakeLimits", "Request", "Reason", "Refused", "reason", "reason_of",
+         "Configured", "Resized", "Failed", "Challenged", "Finished", "CLIENT", "DAEMON", "handshake"],
+        "._session",
+    ),
     **dict.fromkeys(
         ["FrameKind", "Direction", "Frame", "ControlFrame", "FdsFrame", "StreamData", "StreamClose",
          "encode_frame", "encode_data_header", "FrameDecoder"],
@@ -72,6 +94,8 @@ if TYPE_CHECKING:
     from ._control import ControlDecoder
     from ._frames import (ControlFrame, Direction, FdsFrame, Frame, FrameDecoder, FrameKind,
                           StreamClose, StreamData, encode_data_header, encode_frame)
-    from ._messages import (Arg, End, Env, Error, Exit, Fd, Message, MessageType, Secret,
+    from ._session import (CLIENT, DAEMON, Challenged, Configured, Failed, Finished, HandshakeLimits, Reason,
+                           Refused, Request, Resized, SessionProtocol, handshake, reason, reason_of)
+    from ._messages import (MESSAGE_CLASSES, Arg, End, Env, Error, Exit, Fd, Message, MessageType, Secret,
                             SessionKind, SessionType, Unauthorized, Winsize, decode_header,
                             encode_message)

@@ -19,8 +19,10 @@ class ControlDecoder:
     lost its framing and nothing after the error can be trusted.
     """
 
-    def __init__(self, max_payload: int = MAX_CONTROL_PAYLOAD) -> None:
+    def __init__(self, max_payload: int = MAX_CONTROL_PAYLOAD, classes=None) -> None:
         self.max_payload = max_payload
+        # Type code -> message class; None for the messages of the contract.
+        self.classes = classes
         self._buffer = bytearray()
         self._pending: tuple[type, int] | None = None
         self._broken: ProtocolError | None = None
@@ -47,7 +49,7 @@ class ControlDecoder:
 
     def _take_header(self) -> None:
         try:
-            self._pending = decode_header(bytes(self._buffer[:CONTROL_HEADER_SIZE]), self.max_payload)
+            self._pending = decode_header(bytes(self._buffer[:CONTROL_HEADER_SIZE]), self.max_payload, self.classes)
         except ProtocolError as exc:
             self._broken = exc
             raise

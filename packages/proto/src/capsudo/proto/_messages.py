@@ -6,9 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import ClassVar, Union
 
-from construct import ConstructError
-
-from . import _layout
+from . import lean
 from ._errors import ProtocolError
 from ._limits import MAX_CONTROL_PAYLOAD
 
@@ -32,30 +30,6 @@ class SessionKind(enum.IntEnum):
     NON_INTERACTIVE = 3
 
 
-def _text(payload: bytes, what: str) -> str:
-    try:
-        return payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ProtocolError(f"{what} is not valid UTF-8") from exc
-
-
-def _exec_string(payload: bytes, what: str) -> str:
-    # argv and environment entries become C strings in execve(); a NUL inside
-    # one would silently cut it, so it is refused here.
-    if b"\0" in payload:
-        raise ProtocolError(f"{what} contains a NUL byte")
-    return _text(payload, what)
-
-
-def _fixed(layout, payload: bytes, size: int, what: str):
-    if len(payload) != size:
-        raise ProtocolError(f"{what} payload must be {size} bytes, got {len(payload)}")
-    try:
-        return layout.parse(payload)
-    except ConstructError as exc:  # pragma: no cover - sizes are checked above
-        raise ProtocolError(f"malformed {what} payload") from exc
-
-
 @dataclass(frozen=True, slots=True)
 class Arg:
     """One element of the requested argv."""
@@ -68,7 +42,7 @@ class Arg:
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Arg:
-        return cls(_exec_string(payload, "Arg"))
+        return cls(lean.exec_string(payload, "Arg"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +61,7 @@ class Env:
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Env:
-        entry = _exec_string(payload, "Env")
-        if "=" not in entry or entry.startswith("="):
-            raise ProtocolError("Env entry must have the form KEY=VALUE")
-        return cls(entry)
+        return cls(lean.env_entry(payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +72,11 @@ class Exit:
     type: ClassVar[MessageType] = MessageType.EXIT
 
     def payload(self) -> bytes:
-        return _layout.EXIT_PAYLOAD.build({"status": self.status})
+        return lean.exit_payload(self.status)
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Exit:
-        return cls(_fixed(_layout.EXIT_PAYLOAD, payload, 4, "Exit").status)
+        return cls(lean.exit_status(payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +87,11 @@ class Fd:
     type: ClassVar[MessageType] = MessageType.FD
 
     def payload(self) -> bytes:
-        return _layout.FD_PAYLOAD.build({"count": self.count})
+        return lean.fd_payload(self.count)
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Fd:
-        return cls(_fixed(_layout.FD_PAYLOAD, payload, 4, "Fd").count)
+        return cls(lean.u32(payload, "Fd"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +100,11 @@ class SessionType:
     type: ClassVar[MessageType] = MessageType.SESSION_TYPE
 
     def payload(self) -> bytes:
-        return _layout.SESSION_TYPE_PAYLOAD.build({"kind": int(self.kind)})
+        return lean.session_type_payload(int(self.kind))
 
     @classmethod
     def from_payload(cls, payload: bytes) -> SessionType:
-        value = _fixed(_layout.SESSION_TYPE_PAYLOAD, payload, 4, "SessionType").kind
+        value = lean.u32(payload, "SessionType")
         try:
             return cls(SessionKind(value))
         except ValueError:
@@ -153,7 +124,7 @@ class Error:
     @classmethod
     def from_payload(cls, payload: bytes) -> Error:
         # Shown to a person, so undecodable bytes are replaced, not refused.
-        return cls(payload.decode("utf-8", "replace"))
+        return cls(lean.text(payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +157,7 @@ class Unauthorized:
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Unauthorized:
-        return cls(payload.decode("utf-8", "replace"))
+        return cls(lean.text(payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,14 +169,11 @@ class Winsize:
     type: ClassVar[MessageType] = MessageType.WINSIZE
 
     def payload(self) -> bytes:
-        return _layout.WINSIZE_PAYLOAD.build(
-            {"rows": self.rows, "cols": self.cols, "xpixels": self.xpixels, "ypixels": self.ypixels}
-        )
+        return lean.winsize_payload(self.rows, self.cols, self.xpixels, self.ypixels)
 
     @classmethod
     def from_payload(cls, payload: bytes) -> Winsize:
-        w = _fixed(_layout.WINSIZE_PAYLOAD, payload, 8, "Winsize")
-        return cls(w.rows, w.cols, w.xpixels, w.ypixels)
+        return cls(*lean.winsize_fields(payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,24 +205,19 @@ def encode_message(message: Message) -> bytes:
     payload = message.payload()
     if len(payload) > MAX_CONTROL_PAYLOAD:
         raise ValueError(f"{type(message).__name__} payload exceeds {MAX_CONTROL_PAYLOAD} bytes")
-    header = _layout.CONTROL_HEADER.build({"type": int(message.type), "length": len(payload)})
-    return header + payload
+    return lean.message(int(message.type), payload)
 
 
-def decode_header(header: bytes, max_payload: int = MAX_CONTROL_PAYLOAD) -> tuple[type, int]:
+def decode_header(header: bytes, max_payload: int = MAX_CONTROL_PAYLOAD, classes=None) -> tuple[type, int]:
     """The message class and payload length an 8-byte header announces.
 
     Checks the type and the length before anyone reads or buffers a payload.
+    `classes` maps type codes to message classes (a protocol that knows more
+    messages passes its own).
     """
-    parsed = _layout.CONTROL_HEADER.parse(header)
-    cls = MESSAGE_CLASSES.get(parsed.type)
-    if cls is None:
-        raise ProtocolError(f"unknown message type {parsed.type}")
-    if parsed.length > max_payload:
-        raise ProtocolError(
-            f"{cls.__name__} message announces {parsed.length} bytes, more than the limit of {max_payload}"
-        )
-    return cls, parsed.length
+    classes = MESSAGE_CLASSES if classes is None else classes
+    type_code, length = lean.parse_header(header, max_payload, classes)
+    return classes[type_code], length
 
 
 def decode_payload(cls: type, payload: bytes) -> Message:
