@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from capsudo.core._serving import AcceptBackoff
-from capsudo.proto import Error, Exit, Message, ProtocolError, Unauthorized
+from capsudo.proto import Error, Exit, Message, ProtocolError, Unauthorized, reason
 from capsudo.transport import EndpointError, UnixChannel, open_unix_listener
 
 from ._chain import ChainError, output_descriptor, start_chained
@@ -41,7 +41,7 @@ DRAIN_TIMEOUT = 1.0
 DRAIN_LIMIT = 256 * 1024
 USER_LOOKUP_TIMEOUT = 5.0
 
-SECRET_REFUSED = "secret invalid"
+SECRET_REFUSED = reason("secret-invalid").text
 
 
 def log(line: str) -> None:
