@@ -20,8 +20,8 @@ import trio
 
 from capsudo.proto import (CLIENT, MESSAGE_CLASSES, Challenged, Failed, Finished, ProtocolError, SessionProtocol,
                            Winsize, handshake, lean)
-from capsudo.transport import EndpointError, MessageChannel, TlsOptions, connect_endpoint
-from capsudo.transport._tls import describe_tls_failure, find_ssl_error
+from capsudo.transport import (EndpointError, MessageChannel, TlsOptions, connect_endpoint, describe_tls_failure,
+                               find_ssl_error)
 
 from ._client_request import ClientError, ClientRequest, terminal_size
 from ._password_flow import PasswordRequired, PasswordFlow, SecretPrompt

@@ -55,6 +55,8 @@ __all__ = [
     "exposure_warning",
     "TlsOptions",
     "TlsHandshakeError",
+    "describe_tls_failure",
+    "find_ssl_error",
 ]
 
 _HOME = {
@@ -83,13 +85,15 @@ _HOME = {
     "DescriptorView": "._fdstream",
     "open_view": "._fdstream",
     **dict.fromkeys(
-        ["Endpoint", "UnixEndpoint", "TcpEndpoint", "TlsEndpoint", "VsockEndpoint", "SshEndpoint",
-         "parse_endpoint", "connect_endpoint", "open_listener", "Listener", "NetworkListener",
-         "TlsListener", "exposure_warning"],
-        "._endpoints",
+        ["Endpoint", "UnixEndpoint", "TcpEndpoint", "TlsEndpoint", "VsockEndpoint", "SshEndpoint", "parse_endpoint"],
+        "._address",
     ),
+    "connect_endpoint": "._connect",
+    **dict.fromkeys(["open_listener", "Listener", "NetworkListener", "TlsListener", "exposure_warning"], "._listen"),
     "TlsOptions": "._tls",
     "TlsHandshakeError": "._tls",
+    "describe_tls_failure": "._tls",
+    "find_ssl_error": "._tls",
     "SshChannel": "._ssh",
     "ssh_command_line": "._ssh",
 }
@@ -104,14 +108,15 @@ if TYPE_CHECKING:
     from ._blocking_unix import BlockingUnixConnection
     from ._channel import MessageChannel, Received, close_fds
     from ._credentials import PeerCredentials, peer_credentials
-    from ._endpoints import (Endpoint, Listener, NetworkListener, SshEndpoint, TcpEndpoint,
-                             TlsEndpoint, TlsListener, UnixEndpoint, VsockEndpoint, connect_endpoint,
-                             exposure_warning, open_listener, parse_endpoint)
+    from ._address import (Endpoint, SshEndpoint, TcpEndpoint, TlsEndpoint, UnixEndpoint, VsockEndpoint,
+                           parse_endpoint)
+    from ._connect import connect_endpoint
+    from ._listen import Listener, NetworkListener, TlsListener, exposure_warning, open_listener
     from ._fdstream import DescriptorView, open_view
     from ._listener import EndpointError, UnixListener, open_unix_listener
     from ._mux import DEFAULT_STREAM_BUFFER, MuxConnection, MuxStream
     from ._mux_channel import DEFAULT_EXIT_GRACE, SESSION_DIRECTIONS, MuxChannel, default_directions
     from ._ssh import SshChannel, ssh_command_line
     from ._owner import DEFAULT_MODE, Owner, parse_mode, parse_owner
-    from ._tls import TlsHandshakeError, TlsOptions
+    from ._tls import TlsHandshakeError, TlsOptions, describe_tls_failure, find_ssl_error
     from ._unix import UnixChannel, connect_unix

@@ -8,9 +8,6 @@ import trio
 
 from ._listener import EndpointError
 
-#: Listen on every context id this machine has.
-VMADDR_CID_ANY = 0xFFFFFFFF
-
 
 def _new_socket(text: str, doing: str) -> trio.socket.SocketType:
     family = getattr(socket, "AF_VSOCK", None)

@@ -1,16 +1,8 @@
-"""Endpoint addresses, one syntax wherever an endpoint is named, and how to reach or serve one.
+"""Serving an endpoint: open_listener() and the network listeners.
 
-    /run/capsudo/default         a Unix socket (real descriptors, peer credentials)
-    unix:///run/capsudo/default  the same, spelled as a URL
-    tcp://HOST:PORT              TCP, the multiplexed channel; IPv6 as [::1]
-    tls://HOST:PORT              TCP with mutual TLS
-    vsock://CID:PORT             AF_VSOCK between a virtual machine and its host
-    ssh://[USER@]HOST[:PORT]/PATH  a Unix socket on another host, reached over ssh
-
-A Unix endpoint gives a UnixChannel; every other one a MuxChannel, "dialing"
-on the side that connects and "accepting" on the side that listens. An
-ssh:// endpoint runs the system's ssh, which starts `capsudo-proxy --stdio`
-on the far side (see _ssh.py); it can only be connected to.
+A Unix endpoint gives a UnixListener; tcp:// and vsock:// a
+NetworkListener, tls:// a TlsListener, each of whose accept() returns an
+accepting MuxChannel.
 
 A TLS listener does its handshakes in the background, several at once and
 each within a time limit, so a client that connects and says nothing holds
@@ -23,281 +15,33 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar, Protocol, Union
+from typing import Protocol
 
 import trio
 
+from ._address import (Endpoint, SshEndpoint, TcpEndpoint, TlsEndpoint, UnixEndpoint, VsockEndpoint, as_endpoint,
+                       bracket)
 from ._channel import MessageChannel
+from ._connect import DEFAULT_HANDSHAKE_TIMEOUT, fail_handshake, os_reason
 from ._listener import EndpointError, open_unix_listener
 from ._mux import _TaskGroup
 from ._mux_channel import MuxChannel
 from ._owner import DEFAULT_MODE, Owner
 from ._tls import TlsHandshakeError, TlsOptions, describe_tls_failure
-from ._unix import connect_unix
-from ._vsock import VMADDR_CID_ANY, connect_vsock, listen_vsock
+from ._vsock import listen_vsock
 
 log = logging.getLogger("capsudo.transport.endpoints")
 
-#: How long a TLS handshake may take, on either side.
-DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 #: TLS handshakes a listener runs at once (and completed ones it holds for accept()).
 DEFAULT_MAX_HANDSHAKES = 32
-
-SCHEMES = ("unix", "tcp", "tls", "vsock", "ssh")
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-@dataclass(frozen=True, slots=True)
-class UnixEndpoint:
-    path: str
-    scheme: ClassVar[str] = "unix"
-
-    def __str__(self) -> str:
-        return self.path
-
-
-@dataclass(frozen=True, slots=True)
-class TcpEndpoint:
-    host: str
-    port: int
-    scheme: ClassVar[str] = "tcp"
-
-    def __str__(self) -> str:
-        return f"tcp://{_bracket(self.host)}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class TlsEndpoint:
-    host: str
-    port: int
-    scheme: ClassVar[str] = "tls"
-
-    def __str__(self) -> str:
-        return f"tls://{_bracket(self.host)}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class VsockEndpoint:
-    cid: int
-    port: int
-    scheme: ClassVar[str] = "vsock"
-
-    def __str__(self) -> str:
-        cid = "any" if self.cid == VMADDR_CID_ANY else str(self.cid)
-        return f"vsock://{cid}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class SshEndpoint:
-    host: str
-    path: str
-    user: str | None = None
-    port: int | None = None
-    scheme: ClassVar[str] = "ssh"
-
-    def __str__(self) -> str:
-        user = f"{self.user}@" if self.user else ""
-        port = f":{self.port}" if self.port is not None else ""
-        return f"ssh://{user}{_bracket(self.host)}{port}{self.path}"
-
-
-Endpoint = Union[UnixEndpoint, TcpEndpoint, TlsEndpoint, VsockEndpoint, SshEndpoint]
-
-_SCHEME_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
-_HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$")
-_USER = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*$")
-
-
-def parse_endpoint(text: str) -> Endpoint:
-    """The endpoint `text` names. Raises ValueError with a one-line reason."""
-    if not isinstance(text, str):
-        raise TypeError(f"an endpoint is a string, not {type(text).__name__}")
-    if not text:
-        raise ValueError("invalid endpoint '': it is empty")
-    if any(c in text for c in "\0\n\r"):
-        raise ValueError(f"invalid endpoint {text!r}: control characters are not allowed")
-    scheme, separator, rest = text.partition("://")
-    if not separator:
-        prefix = _SCHEME_PREFIX.match(text)
-        if prefix and prefix.group(1).lower() in SCHEMES:
-            name = prefix.group(1).lower()
-            raise ValueError(f"invalid endpoint {text!r}: write {name}://…")
-        return UnixEndpoint(text)
-    scheme = scheme.lower()
-    if scheme == "unix":
-        if not rest.startswith("/"):
-            raise ValueError(f"invalid endpoint {text!r}: unix:// takes an absolute path, as in unix:///run/capsudo/default")
-        return UnixEndpoint(rest)
-    if scheme in ("tcp", "tls"):
-        host, port = _host_port(rest, text, scheme)
-        if port is None:
-            raise ValueError(f"invalid endpoint {text!r}: missing port, as in {scheme}://{_bracket(host)}:4711")
-        return (TcpEndpoint if scheme == "tcp" else TlsEndpoint)(host, port)
-    if scheme == "vsock":
-        return _parse_vsock(rest, text)
-    if scheme == "ssh":
-        return _parse_ssh(rest, text)
-    raise ValueError(f"invalid endpoint {text!r}: unknown scheme {scheme}://, expected one of {', '.join(s + '://' for s in SCHEMES)} or a path")
-
-
-def _host_port(authority: str, text: str, scheme: str, *, max_port: int = 65535) -> tuple[str, int | None]:
-    if not authority:
-        raise ValueError(f"invalid endpoint {text!r}: missing host")
-    for char, what in (("/", "path"), ("?", "query"), ("#", "fragment"), ("@", "user name")):
-        if char in authority:
-            raise ValueError(f"invalid endpoint {text!r}: {scheme}:// takes no {what}")
-    if authority.startswith("["):
-        end = authority.find("]")
-        if end < 0:
-            raise ValueError(f"invalid endpoint {text!r}: unclosed '[' around an IPv6 address")
-        host = authority[1:end]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"invalid endpoint {text!r}: {host!r} is not an IPv6 address") from None
-        rest = authority[end + 1 :]
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"invalid endpoint {text!r}: unexpected {rest!r} after the address")
-        port_text = rest[1:] if rest else None
-    else:
-        host, colon, port_text = authority.rpartition(":")
-        if not colon:
-            host, port_text = authority, None
-        if ":" in host:
-            raise ValueError(f"invalid endpoint {text!r}: an IPv6 address goes in brackets, as in {scheme}://[::1]:4711")
-        if not host:
-            raise ValueError(f"invalid endpoint {text!r}: missing host")
-        if not _HOSTNAME.match(host):
-            raise ValueError(f"invalid endpoint {text!r}: {host!r} is not a host name or address")
-    if port_text is None:
-        return host, None
-    return host, _port(port_text, text, max_port)
-
-
-def _port(port_text: str, text: str, max_port: int) -> int:
-    if not port_text.isascii() or not port_text.isdigit():
-        raise ValueError(f"invalid endpoint {text!r}: port {port_text!r} is not a number")
-    port = int(port_text)
-    if port > max_port:
-        raise ValueError(f"invalid endpoint {text!r}: port {port} is above {max_port}")
-    return port
-
-
-def _parse_vsock(rest: str, text: str) -> VsockEndpoint:
-    cid_text, colon, port_text = rest.partition(":")
-    if not colon or not cid_text or not port_text:
-        raise ValueError(f"invalid endpoint {text!r}: expected vsock://CID:PORT")
-    if cid_text.lower() == "any":
-        cid = VMADDR_CID_ANY
-    elif cid_text.isascii() and cid_text.isdigit() and int(cid_text) <= 0xFFFFFFFF:
-        cid = int(cid_text)
-    else:
-        raise ValueError(f"invalid endpoint {text!r}: context id {cid_text!r} is not a number from 0 to 4294967295 (or 'any')")
-    return VsockEndpoint(cid, _port(port_text, text, 0xFFFFFFFF))
-
-
-def _parse_ssh(rest: str, text: str) -> SshEndpoint:
-    authority, slash, path = rest.partition("/")
-    if not slash or not path:
-        raise ValueError(f"invalid endpoint {text!r}: ssh:// needs the remote socket's path, as in ssh://host/run/capsudo/default")
-    user = None
-    if "@" in authority:
-        user, _, authority = authority.rpartition("@")
-        if not _USER.match(user):
-            raise ValueError(f"invalid endpoint {text!r}: {user!r} is not a user name")
-    host, port = _host_port(authority, text, "ssh")
-    if port == 0:
-        raise ValueError(f"invalid endpoint {text!r}: port 0 cannot be connected to")
-    return SshEndpoint(host, "/" + path, user, port)
-
-
-def _as_endpoint(endpoint: Endpoint | str) -> Endpoint:
-    return parse_endpoint(endpoint) if isinstance(endpoint, str) else endpoint
-
-
-def _reason(exc: OSError) -> str:
-    if exc.strerror:
-        return exc.strerror
-    cause = exc.__cause__
-    if isinstance(cause, BaseExceptionGroup):
-        for inner in cause.exceptions:
-            if isinstance(inner, OSError) and inner.strerror:
-                return inner.strerror
-    return str(exc)
 
 
 def _address_text(address) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
-        return f"{_bracket(str(address[0]))}:{address[1]}"
+        return f"{bracket(str(address[0]))}:{address[1]}"
     return str(address)
-
-
-# ---- connecting ---------------------------------------------------------------
-
-
-async def connect_endpoint(
-    endpoint: Endpoint | str,
-    tls: TlsOptions | None = None,
-    *,
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-    **channel_options,
-) -> MessageChannel:
-    """A channel to `endpoint`: a UnixChannel, or a dialing MuxChannel.
-
-    `tls` is needed for tls:// and ignored elsewhere. `channel_options` go
-    to MuxChannel (exit_grace, stream_buffer_limit, …). Every failure is an
-    EndpointError with one line that names the endpoint; a refused TLS
-    handshake is its subclass TlsHandshakeError.
-    """
-    endpoint = _as_endpoint(endpoint)
-    if isinstance(endpoint, UnixEndpoint):
-        try:
-            return await connect_unix(endpoint.path)
-        except OSError as exc:
-            raise EndpointError(f"cannot connect to {endpoint.path}: {_reason(exc)}") from None
-    if isinstance(endpoint, SshEndpoint):
-        from ._ssh import connect_ssh
-
-        return await connect_ssh(endpoint, **channel_options)
-    if isinstance(endpoint, VsockEndpoint):
-        stream = await connect_vsock(endpoint.cid, endpoint.port, str(endpoint))
-        return MuxChannel(stream, "dialing", description=f"vsock {endpoint.cid}:{endpoint.port}", **channel_options)
-    if endpoint.port == 0:
-        raise EndpointError(f"cannot connect to {endpoint}: port 0 is only for listening")
-    if isinstance(endpoint, TlsEndpoint) and tls is None:
-        raise EndpointError(
-            f"cannot connect to {endpoint}: TLS needs a CA certificate (and our certificate and key), "
-            "e.g. from CAPSUDO_TLS_CA, CAPSUDO_TLS_CERT and CAPSUDO_TLS_KEY"
-        )
-    context = tls.client_context() if isinstance(endpoint, TlsEndpoint) and tls is not None else None
-    try:
-        stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-    except OSError as exc:
-        raise EndpointError(f"cannot connect to {endpoint}: {_reason(exc)}") from None
-    if context is None:
-        return MuxChannel(stream, "dialing", description=f"tcp {_bracket(endpoint.host)}:{endpoint.port}", **channel_options)
-    ssl_stream = trio.SSLStream(stream, context, server_hostname=endpoint.host, https_compatible=False)
-    try:
-        with trio.fail_after(handshake_timeout):
-            await ssl_stream.do_handshake()
-    except trio.TooSlowError:
-        await _fail_handshake(ssl_stream)
-        raise TlsHandshakeError(f"TLS handshake with {endpoint} failed: no answer within {handshake_timeout:g} s") from None
-    except trio.BrokenResourceError as exc:
-        await _fail_handshake(ssl_stream)
-        reason = describe_tls_failure(exc, server_side=False)
-        raise TlsHandshakeError(f"TLS handshake with {endpoint} failed: {reason}") from None
-    return MuxChannel(ssl_stream, "dialing", description=f"tls {_bracket(endpoint.host)}:{endpoint.port}", **channel_options)
-
-
-# ---- listening ----------------------------------------------------------------
 
 
 class Listener(Protocol):
@@ -327,7 +71,7 @@ def exposure_warning(endpoint: Endpoint | str, bound_host: str | None = None) ->
     anyone who can reach the port holds the capability, and on loopback
     every local user does. tls://, unix:// and vsock:// get None.
     """
-    endpoint = _as_endpoint(endpoint)
+    endpoint = as_endpoint(endpoint)
     if not isinstance(endpoint, TcpEndpoint):
         return None
     host = bound_host if bound_host is not None else endpoint.host
@@ -388,26 +132,6 @@ def _subject(certificate: dict | None) -> str:
     if not names:
         names = [f"{kind}:{value}" for kind, value in certificate.get("subjectAltName", ())]
     return ",".join(names) or "?"
-
-
-async def _fail_handshake(ssl_stream: trio.SSLStream) -> None:
-    """Close a stream whose handshake failed, telling the peer why.
-
-    OpenSSL queues an alert (certificate required, unknown CA) when a
-    handshake fails, but trio raises before sending it, and without it the
-    peer only sees the connection drop. So the alert is sent here; trio
-    keeps it in a private buffer, which is tolerated missing.
-    """
-    outgoing = getattr(ssl_stream, "_outgoing", None)
-    try:
-        alert = outgoing.read() if outgoing is not None else b""
-        if alert:
-            with trio.move_on_after(1.0):
-                await ssl_stream.transport_stream.send_all(alert)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, AttributeError):
-        pass
-    finally:
-        await trio.aclose_forcefully(ssl_stream)
 
 
 HandshakeErrorHandler = Callable[[TlsHandshakeError], None]
@@ -503,13 +227,13 @@ class TlsListener(NetworkListener):
                 with trio.fail_after(self.handshake_timeout):
                     await ssl_stream.do_handshake()
             except trio.TooSlowError:
-                await _fail_handshake(ssl_stream)
+                await fail_handshake(ssl_stream)
                 self._failed(TlsHandshakeError(
                     f"TLS handshake with {where} failed: no handshake within {self.handshake_timeout:g} s"
                 ))
                 return
             except trio.BrokenResourceError as exc:
-                await _fail_handshake(ssl_stream)
+                await fail_handshake(ssl_stream)
                 reason = describe_tls_failure(exc, server_side=True)
                 self._failed(TlsHandshakeError(f"TLS handshake with {where} failed: {reason}"))
                 return
@@ -548,7 +272,7 @@ async def _listen_tcp(endpoint: TcpEndpoint | TlsEndpoint, backlog: int) -> trio
             endpoint.host, endpoint.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except OSError as exc:
-        raise EndpointError(f"cannot listen on {endpoint}: {_reason(exc)}") from None
+        raise EndpointError(f"cannot listen on {endpoint}: {os_reason(exc)}") from None
     family, kind, proto, _, address = infos[0]
     sock = trio.socket.socket(family, kind, proto)
     try:
@@ -559,7 +283,7 @@ async def _listen_tcp(endpoint: TcpEndpoint | TlsEndpoint, backlog: int) -> trio
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        raise EndpointError(f"cannot listen on {endpoint}: {_reason(exc)}") from None
+        raise EndpointError(f"cannot listen on {endpoint}: {os_reason(exc)}") from None
     return trio.SocketListener(sock)
 
 
@@ -584,7 +308,7 @@ async def open_listener(
     `.warning` on a network listener (or call exposure_warning()) and print
     it. Failures to set the listener up are EndpointError.
     """
-    endpoint = _as_endpoint(endpoint)
+    endpoint = as_endpoint(endpoint)
     if isinstance(endpoint, UnixEndpoint):
         return await open_unix_listener(endpoint.path, owner=owner, mode=mode, backlog=backlog)
     if owner is not None:
