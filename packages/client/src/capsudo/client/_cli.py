@@ -38,8 +38,6 @@ stdout and stderr; exits with the program's status.
 SHORT = {"S": True, "i": False, "n": False, "s": False, "e": True, "h": False}
 LONG = {"help": False, "tls-cert": True, "tls-key": True, "tls-ca": True}
 TLS_FLAGS = ("--tls-cert", "--tls-key", "--tls-ca")
-# Schemes that lead off the Unix path; a bare "tcp:…" is caught as a misspelling.
-NETWORK_SCHEMES = ("tcp", "tls", "vsock", "ssh")
 
 
 def _error(message: str) -> None:
@@ -76,19 +74,14 @@ def _parse(argv: list[str]):
 
 
 def _unix_path(endpoint: str) -> str | None:
-    """The socket path when `endpoint` names a Unix socket; None for anything else.
+    """The socket path when `endpoint` passes descriptors as they are; None for a channel."""
+    from capsudo.transport import parse_endpoint
 
-    Decided without the transport's parser, which would load trio.
-    """
-    if endpoint.startswith("unix://"):
-        path = endpoint[len("unix://"):]
-        if not path.startswith("/"):
-            raise UsageError(f"invalid endpoint {endpoint!r}: unix:// takes an absolute path, as in unix:///run/capsudo/default")
-        return path
-    scheme = endpoint.partition(":")[0].lower()
-    if "://" in endpoint or (scheme in NETWORK_SCHEMES and ":" in endpoint):
-        return None
-    return endpoint
+    try:
+        parsed = parse_endpoint(endpoint)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return parsed.path if parsed.passes_descriptors else None
 
 
 def _tls_options(endpoint: str, tls_paths: dict[str, str]):

@@ -55,17 +55,17 @@ def run(
         env_entries=list(env),
         stdio=(_fileno(stdin, 0), _fileno(stdout, 1), _fileno(stderr, 2)),
     )
-    if "://" not in endpoint or endpoint.startswith("unix://"):
-        return run_unix_session(endpoint.removeprefix("unix://"), request, ask_secret)
-
     from capsudo.transport import TlsEndpoint, TlsOptions, parse_endpoint
-
-    from ._channel_client import run_endpoint_session
 
     try:
         parsed = parse_endpoint(endpoint)
+        if parsed.passes_descriptors:
+            return run_unix_session(parsed.path, request, ask_secret)
         if tls is None and isinstance(parsed, TlsEndpoint):
             tls = TlsOptions.from_environment()
     except ValueError as exc:
         raise ClientError(str(exc)) from None
+
+    from ._channel_client import run_endpoint_session
+
     return run_endpoint_session(endpoint, request, tls, ask_secret)

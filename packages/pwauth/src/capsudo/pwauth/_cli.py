@@ -77,7 +77,7 @@ class StartupError(Exception):
 
 def parse_command_line(argv: list[str]) -> FrontEndSettings | None:
     """Settings from argv; None for -h. Raises UsageError."""
-    from capsudo.transport import parse_mode, parse_owner
+    from capsudo.transport import parse_endpoint, parse_mode, parse_owner
 
     options, command = parse_options(argv, SHORT, LONG)
     settings = FrontEndSettings()
@@ -85,7 +85,14 @@ def parse_command_line(argv: list[str]) -> FrontEndSettings | None:
         if name in ("-h", "--help"):
             return None
         if name == "-S":
-            settings.endpoint = value.removeprefix("unix://")
+            try:
+                endpoint = parse_endpoint(value)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            if not endpoint.passes_descriptors:
+                # The chained daemon reads the rest of the handshake from the very socket.
+                raise UsageError(f"{value}: the password front-end listens only on a Unix socket")
+            settings.endpoint = endpoint.path
         elif name in ("-o", "-m"):
             try:
                 if name == "-o":

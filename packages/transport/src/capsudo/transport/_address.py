@@ -14,67 +14,94 @@ it cheaply; `_connect` reaches one and `_listen` serves one.
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from dataclasses import dataclass
-from typing import ClassVar, Union
+TYPE_CHECKING = False  # typing, dataclasses, re and ipaddress cost the one-shot client start-up time
+if TYPE_CHECKING:
+    from typing import Union
 
 #: The context id that listens on every one (vsock's VMADDR_CID_ANY).
 VMADDR_CID_ANY = 0xFFFFFFFF
 
 SCHEMES = ("unix", "tcp", "tls", "vsock", "ssh")
 
+
 def bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-@dataclass(frozen=True, slots=True)
-class UnixEndpoint:
-    path: str
-    scheme: ClassVar[str] = "unix"
+class _Address:
+    """An immutable value with named fields, compared and hashed by them."""
+
+    __slots__ = ()
+    scheme = ""
+    #: Whether descriptors travel as they are (SCM_RIGHTS), so the program
+    #: reads and writes the client's own; elsewhere they become streams.
+    passes_descriptors = False
+
+    def __init__(self, *values) -> None:
+        if len(values) != len(self.__slots__):
+            raise TypeError(f"{type(self).__name__} takes {', '.join(self.__slots__)}")
+        for name, value in zip(self.__slots__, values):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._values()))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in zip(self.__slots__, self._values()))
+        return f"{type(self).__name__}({fields})"
+
+
+class UnixEndpoint(_Address):
+    __slots__ = ("path",)
+    scheme = "unix"
+    passes_descriptors = True
 
     def __str__(self) -> str:
         return self.path
 
 
-@dataclass(frozen=True, slots=True)
-class TcpEndpoint:
-    host: str
-    port: int
-    scheme: ClassVar[str] = "tcp"
+class TcpEndpoint(_Address):
+    __slots__ = ("host", "port")
+    scheme = "tcp"
 
     def __str__(self) -> str:
         return f"tcp://{bracket(self.host)}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True)
-class TlsEndpoint:
-    host: str
-    port: int
-    scheme: ClassVar[str] = "tls"
+class TlsEndpoint(_Address):
+    __slots__ = ("host", "port")
+    scheme = "tls"
 
     def __str__(self) -> str:
         return f"tls://{bracket(self.host)}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True)
-class VsockEndpoint:
-    cid: int
-    port: int
-    scheme: ClassVar[str] = "vsock"
+class VsockEndpoint(_Address):
+    __slots__ = ("cid", "port")
+    scheme = "vsock"
 
     def __str__(self) -> str:
         cid = "any" if self.cid == VMADDR_CID_ANY else str(self.cid)
         return f"vsock://{cid}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True)
-class SshEndpoint:
-    host: str
-    path: str
-    user: str | None = None
-    port: int | None = None
-    scheme: ClassVar[str] = "ssh"
+class SshEndpoint(_Address):
+    __slots__ = ("host", "path", "user", "port")
+    scheme = "ssh"
+
+    def __init__(self, host: str, path: str, user: str | None = None, port: int | None = None) -> None:
+        super().__init__(host, path, user, port)
 
     def __str__(self) -> str:
         user = f"{self.user}@" if self.user else ""
@@ -82,11 +109,33 @@ class SshEndpoint:
         return f"ssh://{user}{bracket(self.host)}{port}{self.path}"
 
 
-Endpoint = Union[UnixEndpoint, TcpEndpoint, TlsEndpoint, VsockEndpoint, SshEndpoint]
+if TYPE_CHECKING:
+    Endpoint = Union[UnixEndpoint, TcpEndpoint, TlsEndpoint, VsockEndpoint, SshEndpoint]
+else:
+    Endpoint = _Address
 
-_SCHEME_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
-_HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$")
-_USER = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*$")
+_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_LABEL_ENDS = _LETTERS | frozenset("0123456789_")
+_USER_CHARS = _LABEL_ENDS | frozenset(".-")
+
+
+def _is_hostname(host: str) -> bool:
+    """Dot-separated labels of letters, digits and _, with - inside a label; one trailing dot allowed."""
+    labels = (host[:-1] if host.endswith(".") else host).split(".")
+    return all(
+        label and label[0] in _LABEL_ENDS and label[-1] in _LABEL_ENDS and all(c in _LABEL_ENDS or c == "-" for c in label)
+        for label in labels
+    )
+
+
+def _is_user(name: str) -> bool:
+    return bool(name) and name[0] != "-" and all(c in _USER_CHARS for c in name)
+
+
+def _misspelt_scheme(text: str) -> str | None:
+    """`tcp:host:1` and the like: a known scheme without its //."""
+    name, colon, _ = text.partition(":")
+    return name.lower() if colon and name.lower() in SCHEMES else None
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -99,9 +148,8 @@ def parse_endpoint(text: str) -> Endpoint:
         raise ValueError(f"invalid endpoint {text!r}: control characters are not allowed")
     scheme, separator, rest = text.partition("://")
     if not separator:
-        prefix = _SCHEME_PREFIX.match(text)
-        if prefix and prefix.group(1).lower() in SCHEMES:
-            name = prefix.group(1).lower()
+        name = _misspelt_scheme(text)
+        if name is not None:
             raise ValueError(f"invalid endpoint {text!r}: write {name}://…")
         return UnixEndpoint(text)
     scheme = scheme.lower()
@@ -132,6 +180,8 @@ def _host_port(authority: str, text: str, scheme: str, *, max_port: int = 65535)
         if end < 0:
             raise ValueError(f"invalid endpoint {text!r}: unclosed '[' around an IPv6 address")
         host = authority[1:end]
+        import ipaddress  # only for an address in brackets
+
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
@@ -148,7 +198,7 @@ def _host_port(authority: str, text: str, scheme: str, *, max_port: int = 65535)
             raise ValueError(f"invalid endpoint {text!r}: an IPv6 address goes in brackets, as in {scheme}://[::1]:4711")
         if not host:
             raise ValueError(f"invalid endpoint {text!r}: missing host")
-        if not _HOSTNAME.match(host):
+        if not _is_hostname(host):
             raise ValueError(f"invalid endpoint {text!r}: {host!r} is not a host name or address")
     if port_text is None:
         return host, None
@@ -184,7 +234,7 @@ def _parse_ssh(rest: str, text: str) -> SshEndpoint:
     user = None
     if "@" in authority:
         user, _, authority = authority.rpartition("@")
-        if not _USER.match(user):
+        if not _is_user(user):
             raise ValueError(f"invalid endpoint {text!r}: {user!r} is not a user name")
     host, port = _host_port(authority, text, "ssh")
     if port == 0:
