@@ -191,7 +191,8 @@ def _open_descriptors() -> set[str]:
 
 
 def check_handshake(data: bytes, limits: SessionLimits = HANDSHAKE_LIMITS) -> None:
-    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    # Open both ways: a valid stdin as well as a valid stdout and stderr.
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
         before = _open_descriptors()
         channel = ScriptedChannel(data, lambda: os.dup(null))

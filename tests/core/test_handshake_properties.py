@@ -92,7 +92,8 @@ async def _handshake_over_socket(parts: list[tuple[bytes, int]], bytewise: bool,
 
     async def send_everything():
         for data, attached in parts:
-            descriptors = [os.open(os.devnull, os.O_RDONLY) for _ in range(attached)]
+            # Open both ways, as a stdin and the stdout and stderr must be.
+            descriptors = [os.open(os.devnull, os.O_RDWR) for _ in range(attached)]
             try:
                 pieces = [data[i : i + 1] for i in range(len(data))] if bytewise else [data]
                 for number, piece in enumerate(pieces):

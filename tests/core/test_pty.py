@@ -277,9 +277,13 @@ async def test_views_by_kind(tmp_path):  # closing a view tells trio's loop
     null = os.open(os.devnull, os.O_RDONLY)
     views = []
     try:
+        # A blocking pipe: the client's own description, left blocking, read in a thread once ready.
         views.append(_open_view(r, True))
-        assert type(views[-1]) is _View and views[-1].fd != r
-        assert not os.get_blocking(views[-1].fd) and os.get_blocking(r)  # a new description, not the client's
+        assert isinstance(views[-1], _ThreadedView) and views[-1]._pollable and views[-1].fd != r
+        assert os.get_blocking(r)
+        os.set_blocking(w, False)
+        views.append(_open_view(w, False))  # made non-blocking by the client: used as it is
+        assert type(views[-1]) is _View and views[-1].fd != w
         views.append(_open_view(a.fileno(), True))
         assert isinstance(views[-1], _SocketView) and os.get_blocking(a.fileno())
         views.append(_open_view(regular, True))
@@ -296,24 +300,26 @@ async def test_views_by_kind(tmp_path):  # closing a view tells trio's loop
 
 
 @pytest.mark.parametrize("client_nonblocking", [True, False])
-async def test_when_reopening_is_refused(monkeypatch, client_nonblocking):
-    """Another user's pipe cannot be reopened: the client's own description is
-    used if it is non-blocking already, else blocking calls in a thread; either
-    way nothing is lost and nothing of the client's changes."""
+async def test_a_pipe_is_relayed_through_the_clients_own_description(monkeypatch, client_nonblocking):
+    """The relay never opens the client's pipe again by name (that open()
+    would have the daemon's privilege): it uses the client's description,
+    as it is if already non-blocking, else with blocking calls in a thread;
+    either way nothing is lost and nothing of the client's changes."""
     real_open = os.open
+    reopened = []
 
-    def refuse_proc(path, *args, **kwargs):
-        if str(path).startswith("/proc/self/fd/"):
-            raise PermissionError(13, "Permission denied")
+    def record_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc/"):
+            reopened.append(path)
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(_pty.os, "open", refuse_proc)
+    monkeypatch.setattr(_pty.os, "open", record_proc)
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     for fd in (in_r, out_w):
         os.set_blocking(fd, not client_nonblocking)
     view = _open_view(out_w, False)
-    assert isinstance(view, _View if client_nonblocking else _ThreadedView)
+    assert type(view) is (_View if client_nonblocking else _ThreadedView)
     view.close()
     drain = Drain(out_r, delay=0.01)  # slow: the pipe fills, writes meet EAGAIN
     script = "read x; echo got $x; seq 1 30000"
@@ -326,6 +332,7 @@ async def test_when_reopening_is_refused(monkeypatch, client_nonblocking):
         os.close(fd)
     output = drain.result()
     assert output.split(b"\r\n")[-2] == b"30000"
+    assert reopened == []
 
 
 async def test_program_that_cannot_start(tmp_path):
@@ -353,6 +360,67 @@ async def test_program_that_cannot_start(tmp_path):
     except ChildProcessError:
         zombie = None
     assert zombie is None  # the child that failed to exec was reaped
+
+
+async def test_a_descriptor_no_view_can_be_made_of_leaves_nothing_open(tmp_path):
+    """An O_PATH descriptor of a socket file (which the handshake refuses
+    before it gets here) passes fstat as a socket, then fails as one: the
+    copy made for its view must be closed again."""
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(tmp_path / "some.sock"))
+    path_only = os.open(tmp_path / "some.sock", os.O_PATH)
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        before = fd_count()
+        for _ in range(5):
+            with pytest.raises(OSError):
+                async with open_pty_program(SH, ["sh", "-c", "true"], {}, [path_only, null, null], None):
+                    pass
+        assert fd_count() == before
+    finally:
+        os.close(path_only)
+        os.close(null)
+        listening.close()
+
+
+# Opens a pty program with so few descriptors to spare that it fails on the
+# way (a view, the pty, the start), at each point in turn; prints the
+# descriptors open before and after each attempt.
+_STARVED = """
+import os, resource, sys, trio
+from capsudo.core._pty import open_pty_program
+from capsudo.core._spawn import SpawnError
+
+async def main():
+    null = os.open(os.devnull, os.O_RDWR)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for spare in range(1, 10):
+        before = os.listdir("/proc/self/fd")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(before) - 1 + spare, hard))
+        try:
+            async with open_pty_program("/bin/true", ["true"], {}, [null, null, null], None) as program:
+                await program.wait()
+            outcome = "ran"
+        except (SpawnError, OSError) as exc:
+            outcome = str(exc)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        print(spare, len(before), len(os.listdir("/proc/self/fd")), outcome, flush=True)
+
+trio.run(main)
+"""
+
+
+def test_running_out_of_descriptors_half_way_leaves_nothing_open():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _STARVED], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    attempts = [line.split(" ", 3) for line in result.stdout.splitlines()]
+    assert len(attempts) == 9
+    assert any(outcome != "ran" for *_, outcome in attempts) and attempts[-1][3] == "ran"
+    for spare, before, after, outcome in attempts:
+        assert before == after, f"{int(after) - int(before)} left open with {spare} to spare ({outcome})"
 
 
 async def test_leaving_early_kills_the_program_group():

@@ -204,6 +204,9 @@ async def _serve(
                 status = await _supervise(channel, program, limits, shutdown, record)
         except (SpawnError, ProgramNotFound, OSError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            # Descriptors first: over a multiplexed channel the Exit waits
+            # until the outputs reach their end, which our copies hold back.
+            request.close_fds()
             return await _refuse(channel, record, f"unable to run {argv[0]}: {reason}", CANNOT_RUN_STATUS)
     finally:
         request.close_fds()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from capsudo.proto import Arg, End, Env, Fd, ProtocolError, Secret, SessionKind, SessionType, Winsize
 from capsudo.transport import MessageChannel, close_fds
 
+from ._descriptor_rights import descriptor_fault
 from ._limits import SessionLimits
 
 STDIO_COUNT = 3
@@ -41,6 +42,8 @@ async def read_request(channel: MessageChannel, limits: SessionLimits) -> Reques
     """Read the configuration up to End; None when the client left before End.
 
     Accepts the messages in any order; the last SessionType and Winsize win.
+    Delegated descriptors without the rights their place needs are refused
+    (see _descriptor_rights).
     Raises HandshakeError or ProtocolError; either way no descriptor leaks.
     """
     request = Request()
@@ -75,6 +78,8 @@ async def read_request(channel: MessageChannel, limits: SessionLimits) -> Reques
                     close_fds(received.fds)
                     raise HandshakeError(f"expected {STDIO_COUNT} descriptors (stdin, stdout, stderr), got {message.count}")
                 request.fds = received.fds
+                if (fault := descriptor_fault(request.fds)) is not None:
+                    raise HandshakeError(fault)
             elif isinstance(message, SessionType):
                 # Auto is for the client to resolve; a daemon has no terminal to look at.
                 request.kind = (

@@ -5,7 +5,9 @@ a fresh pty, on stdin, stdout and stderr, with no other descriptor. The
 daemon relays the client's delegated stdin to the master and the master to
 the client's delegated stdout, on the event loop and without ever changing a
 file description it shares with the client (it may be the user's terminal):
-each delegated descriptor gets a private non-blocking view of its own.
+each delegated descriptor gets a view of its own that never blocks the loop.
+A view works on a copy of the client's descriptor, never on the file opened
+again by name: that would be an open() with the daemon's privilege.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import signal
 import socket
 import stat
 import struct
+import subprocess
 import termios
 import threading
 from collections.abc import Mapping, Sequence
@@ -25,12 +28,11 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 import trio
-from ptyprocess import PtyProcess
 
 from capsudo.proto import Winsize
 
 from ._spawn import SpawnError, pidfd_or_kill, signal_group
-from ._status import from_wait_status
+from ._status import exit_status
 
 DEFAULT_ROWS, DEFAULT_COLS = 24, 80
 
@@ -48,9 +50,6 @@ INPUT_CHUNK = 16 * 1024
 
 # /dev/null, /dev/zero and their kin (the kernel's "mem" devices) never block.
 _MEM_MAJOR = 1
-# /dev/tty, /dev/console, /dev/ptmx: reopening one by name would reach another
-# terminal than the client's (the daemon's own, or a brand new pty).
-_TTYAUX_MAJOR = 5
 
 
 # While the client is not in the foreground of its terminal (stopped, or put
@@ -94,9 +93,8 @@ def _pack_winsize(winsize: Winsize | None) -> bytes:
 
 
 class _View:
-    """One of the client's descriptors, as the relay uses it: a descriptor of
-    our own in non-blocking mode (a reopened terminal or FIFO, or a copy of
-    one the client had already made non-blocking)."""
+    """One of the client's descriptors, as the relay uses it: a copy of a
+    pipe or terminal the client had already made non-blocking."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -202,10 +200,11 @@ class _SocketView(_View):
 class _ThreadedView(_View):
     """Anything else: blocking calls in a worker thread, abandoned on cancel.
 
-    Where the descriptor can be polled (a terminal that cannot be reopened by
-    name, such as a pty master), the wait happens on the event loop and the
-    thread only makes a call that is ready: a session that ends while its
-    client types nothing leaves no read behind, blocked forever. Each view
+    Where the descriptor can be polled (a blocking pipe or terminal: the
+    client's description is shared, so its O_NONBLOCK is not ours to set),
+    the wait happens on the event loop and the thread only makes a call
+    that is ready: a session that ends while its client types nothing
+    leaves no read behind, blocked forever. Each view
     has a thread limit of its own, so that views can never starve one another
     (or anything else of the daemon) of trio's shared worker threads.
 
@@ -295,39 +294,42 @@ def _pollable(fd: int) -> bool:
 def _open_view(fd: int, reading: bool) -> _View:
     """A view of the client's descriptor that can never block the event loop,
     and that leaves the client's own file description exactly as it was."""
-    kind, private = _prepare_view(fd, reading)
-    return kind(private)
+    return _view_of(*_prepare_view(fd, reading))
+
+
+def _view_of(kind: type[_View], private: int) -> _View:
+    """The view, owning `private`; closed when the view cannot be made (a
+    socket.socket() that refuses the descriptor, say), never left behind."""
+    try:
+        return kind(private)
+    except BaseException:
+        os.close(private)
+        raise
 
 
 def _prepare_view(fd: int, reading: bool) -> tuple[type[_View], int]:
-    """The kind of view fd needs, and a descriptor of our own for it."""
+    """The kind of view fd needs, and a descriptor of our own for it.
+
+    Always a copy of the client's own descriptor, never the file reopened by
+    name: a reopening (/proc/self/fd/N) is an open() with the daemon's
+    privilege, which may grant what the client's descriptor never carried.
+    """
     info = os.fstat(fd)
     mode = info.st_mode
     if stat.S_ISCHR(mode) and os.major(info.st_rdev) == _MEM_MAJOR:
         return _PlainView, os.dup(fd)
     if stat.S_ISSOCK(mode):
         return _SocketView, os.dup(fd)
-    reopenable = stat.S_ISFIFO(mode) or (
-        stat.S_ISCHR(mode) and os.major(info.st_rdev) != _TTYAUX_MAJOR and os.isatty(fd)
-    )
-    if reopenable:
-        # A new open file description of the same terminal or pipe: setting
-        # O_NONBLOCK on it cannot reach the client's.
-        flags = (os.O_RDONLY if reading else os.O_WRONLY) | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-        try:
-            private = os.open(f"/proc/self/fd/{fd}", flags)
-        except OSError:
-            pass  # not ours to open (another user's pipe, no /proc): see below
-        else:
-            reopened = os.fstat(private)
-            if (reopened.st_dev, reopened.st_ino, reopened.st_rdev) == (info.st_dev, info.st_ino, info.st_rdev):
-                return _View, private
-            os.close(private)
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
-            # Already non-blocking on the client's side: use it as it is.
-            return _View, os.dup(fd)
-    # Regular files too: one on a network or FUSE file system blocks for as
-    # long as its server likes, and the client may be that server.
+    if (stat.S_ISFIFO(mode) or (stat.S_ISCHR(mode) and os.isatty(fd))) and (
+        fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
+    ):
+        # Already non-blocking on the client's side: use it as it is.
+        return _View, os.dup(fd)
+    # A blocking pipe or terminal cannot be made non-blocking without
+    # changing the client's file description, so it gets blocking calls in a
+    # thread (started only once epoll says the call is ready). Regular files
+    # too: one on a network or FUSE file system blocks for as long as its
+    # server likes, and the client may be that server.
     return _ThreadedView, os.dup(fd)
 
 
@@ -355,76 +357,58 @@ async def _open_view_off_loop(fd: int, reading: bool) -> _View:
         if prepared is not None:
             os.close(prepared[1])
         raise
-    kind, private = outcome["prepared"]
-    return kind(private)
+    return _view_of(*outcome["prepared"])
 
 
 # --- starting the program ------------------------------------------------------
 
 
-def _spawn(executable: str, argv: Sequence[str], env: Mapping[str, str], winsize: bytes) -> tuple[int, int]:
-    """Start the program on a new pty; (pid, master). Raises SpawnError."""
-    argv = list(argv)
-    env = dict(env)
-    rows, cols = struct.unpack("HHHH", winsize)[:2]
+def _take_the_terminal() -> None:
+    """In the child, between setsid() and exec: the slave, on 0, 1 and 2,
+    becomes the controlling terminal of the program's new session."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-    def exec_program() -> None:
-        # In the child, after ptyprocess made the slave our controlling
-        # terminal in a new session on 0, 1 and 2 and closed every other
-        # descriptor. Exec'ing here keeps argv[0] as the client asked (as a
-        # non-interactive session does) instead of ptyprocess's resolved path.
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())
-        for signum in (signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(signum, signal.SIG_DFL)
-        fcntl.ioctl(0, termios.TIOCSWINSZ, winsize)
-        try:
-            os.execve(executable, argv, env)
-        except OSError as exc:
-            # ptyprocess passes the text to the parent, which raises it there.
-            raise Exception(exc.strerror or str(exc)) from None
 
-    spawned: list[PtyProcess] = []
+def _spawn(
+    executable: str, argv: Sequence[str], env: Mapping[str, str], winsize: bytes
+) -> tuple[subprocess.Popen, int]:
+    """Start the program on a new pty; (process, master). Raises SpawnError.
 
-    class _Spawned(PtyProcess):
-        def __init__(self, pid: int, fd: int) -> None:
-            super().__init__(pid, fd)
-            spawned.append(self)
-
-        def __del__(self) -> None:
-            # PtyProcess.__del__ would sleep and signal: the session owns the
-            # program's lifetime.
-            pass
-
-        def setwinsize(self, rows: int, cols: int) -> None:
-            # The child already set the whole size, pixels included, before exec.
-            pass
-
+    On every way out, whatever was opened here is closed again but the
+    master handed back: a descriptor lost per failed session would, after
+    enough of them, leave the daemon unable to serve any session at all.
+    argv[0] stays as the client asked, as in a non-interactive session.
+    """
     try:
-        process = _Spawned.spawn([executable, *argv[1:]], env=env, dimensions=(rows, cols), preexec_fn=exec_program)
-    except Exception as exc:
-        for child in spawned:
-            os.waitpid(child.pid, 0)  # it exits right after reporting
-            child.fileobj.close()
-        if isinstance(exc, OSError) and not spawned:
-            reason = exc.strerror or _exec_failure(executable)
-        else:
-            reason = str(exc)
-        raise SpawnError(reason) from None
-    try:
-        master = os.dup(process.fd)
-    finally:
-        process.fileobj.close()
-        process.closed = True
-    os.set_blocking(master, False)
-    return process.pid, master
-
-
-def _exec_failure(executable: str) -> str:
-    try:
-        os.stat(executable)
+        master, slave = os.openpty()
     except OSError as exc:
-        return exc.strerror or "cannot run"
-    return os.strerror(errno.EACCES)
+        raise SpawnError(f"cannot open a terminal: {exc.strerror}") from None
+    try:
+        fcntl.ioctl(master, termios.TIOCSWINSZ, winsize)
+        os.set_blocking(master, False)
+        process = subprocess.Popen(
+            list(argv),
+            executable=executable,
+            env=dict(env),
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            close_fds=True,
+            start_new_session=True,
+            restore_signals=True,
+            preexec_fn=_take_the_terminal,
+        )
+    except BaseException as exc:
+        os.close(master)
+        if isinstance(exc, OSError):
+            raise SpawnError(exc.strerror or str(exc)) from None
+        if isinstance(exc, subprocess.SubprocessError):
+            raise SpawnError("cannot give the program its terminal") from None
+        raise
+    finally:
+        os.close(slave)
+    return process, master
 
 
 # --- the running program ---------------------------------------------------------
@@ -436,9 +420,16 @@ class PtyProgram:
     been relayed."""
 
     def __init__(
-        self, pid: int, pidfd: int, master: int, source: _View, sink: _View, client_pid: int | None = None
+        self,
+        process: subprocess.Popen,
+        pidfd: int,
+        master: int,
+        source: _View,
+        sink: _View,
+        client_pid: int | None = None,
     ) -> None:
-        self.pid = pid
+        self._process = process
+        self.pid = process.pid
         # Whose turn at the terminal decides whether its input may be read (None: always).
         self._client_pid = client_pid
         self._pidfd = pidfd
@@ -495,11 +486,9 @@ class PtyProgram:
     async def _reap(self) -> None:
         if not self._exited.is_set():
             await trio.lowlevel.wait_readable(self._pidfd)
-            try:
-                _, wait_status = os.waitpid(self.pid, 0)
-            except ChildProcessError:  # reaped behind our back: no status to report
-                wait_status = 1 << 8
-            self._status = from_wait_status(wait_status)
+            # Reaped through its Popen, which would otherwise, once collected,
+            # wait for that pid again: by then perhaps another session's program.
+            self._status = exit_status(self._process.wait())
             self._exit_time = trio.current_time()
             self._drain_deadline = self._exit_time + DRAIN_BOUND
             self._exited.set()
@@ -643,24 +632,23 @@ async def open_pty_program(
     has its turn in the terminal's foreground.
     Raises SpawnError when the program cannot be started.
     """
+    # Whatever fails on the way (a view, the pty, the start, the pidfd),
+    # what was opened before it is closed: nothing of a failed session stays.
     views: list[_View] = []
+    master = -1
     try:
         views.append(await _open_view_off_loop(stdio_fds[0], reading=True))
         views.append(await _open_view_off_loop(stdio_fds[1], reading=False))
-        pid, master = _spawn(executable, argv, env, _pack_winsize(winsize))
+        process, master = _spawn(executable, argv, env, _pack_winsize(winsize))
+        pidfd = pidfd_or_kill(process.pid, reap=process.wait)
     except BaseException:
-        for view in views:
-            view.close()
-        raise
-    try:
-        pidfd = pidfd_or_kill(pid, reap=lambda: os.waitpid(pid, 0))
-    except SpawnError:
-        os.close(master)
+        if master >= 0:
+            os.close(master)
         for view in views:
             view.close()
         raise
     gate = client_pid if client_pid is not None and os.isatty(stdio_fds[0]) else None
-    program = PtyProgram(pid, pidfd, master, views[0], views[1], client_pid=gate)
+    program = PtyProgram(process, pidfd, master, views[0], views[1], client_pid=gate)
     try:
         yield program
     finally:

@@ -268,6 +268,10 @@ class _ThreadView(DescriptorView):
 
 
 def _access_allows(flags: int, read: bool, write: bool) -> bool:
+    if flags & os.O_PATH:
+        # Names a file without any right to it: its access bits read as
+        # O_RDONLY, but reopening it would open the file with our privilege.
+        return False
     mode = flags & os.O_ACCMODE
     if read and mode == os.O_WRONLY:
         return False
