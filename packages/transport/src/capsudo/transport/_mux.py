@@ -12,6 +12,24 @@ frame more when a peer sends frames larger than that). When a stream's
 buffer is full the reader stops reading the link until the stream's consumer
 catches up; the peer feels the backpressure through the link.
 
+While the reader does not read, it cannot see the link end: a byte stream
+delivers its end of file (TCP's FIN) only after the bytes before it, and a
+peer that left with data still unsent behind our full window is, to our
+kernel, a peer that merely sends nothing. So every `probe_interval` seconds
+of such a pause the connection sends an empty StreamData, a no-op for every
+peer (the reference ignores it, see protocol.md), which a live peer takes
+and a departed one cannot: on TCP (and TLS) its kernel answers with a
+reset, which fails our next write; on a pipe (ssh's stdio) and on vsock,
+which carries a close at once, the probe's own write fails with EPIPE. The
+paused reader then ends with the link's failure, as it would have on
+reading it. So a departed peer is noticed within two intervals and
+FAILURE_SETTLE_TIME of its leaving (2.25 s with the defaults; a killed
+capsudo client on loopback TCP or TLS: 1.7 s measured), within one where
+the first probe already fails (a pipe; a TCP peer that left our probes
+unread, whose kernel resets at close: 0.3 to 1.3 s measured). A peer whose
+host vanished answers nothing: that is noticed only when TCP gives up
+retransmitting the probe.
+
 StreamClose means "no more data from me on this stream". A side that may not
 send on a stream (or has already sent its StreamClose) uses its next
 StreamClose to say "I am gone, stop sending"; a reference peer ignores that
@@ -24,8 +42,9 @@ from __future__ import annotations
 import logging
 import operator
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Literal
 
 import trio
@@ -64,6 +83,12 @@ READ_SIZE = DATA_FRAME_SIZE
 CLOSE_TIMEOUT = 1.0
 #: When the writer finds the link broken, how long the reader gets to find out why.
 FAILURE_SETTLE_TIME = 0.25
+#: While the reader waits for room (not reading the link), how often an empty StreamData tests the link.
+DEFAULT_PROBE_INTERVAL = 1.0
+
+
+class _LinkLost(Exception):
+    """Raised in the paused reader when the writer found the link broken."""
 
 
 class _Busy:
@@ -165,16 +190,20 @@ class MuxConnection:
         max_streams: int = DEFAULT_MAX_STREAMS,
         description: str = "mux",
         nursery: trio.Nursery | None = None,
+        probe_interval: float = DEFAULT_PROBE_INTERVAL,
     ) -> None:
         if role not in ("dialing", "accepting"):
             raise ValueError(f"role must be 'dialing' or 'accepting', not {role!r}")
         if stream_buffer_limit < 1:
             raise ValueError("stream_buffer_limit must be positive")
+        if not probe_interval > 0:
+            raise ValueError("probe_interval must be positive")
         self.link = link
         self.role: Role = role
         self.description = description
         self.stream_buffer_limit = stream_buffer_limit
         self.max_streams = max_streams
+        self.probe_interval = probe_interval
         self._decoder = FrameDecoder(max_frame_payload)
         self._next_id = 0 if role == "dialing" else 1
         self._peer_parity = 1 if role == "dialing" else 0
@@ -192,6 +221,11 @@ class MuxConnection:
         self._events_in, self._events_out = trio.open_memory_channel[object](EVENT_QUEUE_SIZE)
         self._receive_error: BaseException | None = None
         self._reader_done = trio.Event()
+        self._pause_scope: trio.CancelScope | None = None
+        # When the paused reader probes next; None while it reads the link. Counted
+        # from the pause's start, so a consumer that takes a byte now and then
+        # (each wakes the reader) does not put the probe off forever.
+        self._next_probe: float | None = None
         self._tasks = _TaskGroup(nursery, self._crashed)
         self._tasks.start_soon(self._write_loop, name=f"mux writer ({description})")
         self._tasks.start_soon(self._read_loop, name=f"mux reader ({description})")
@@ -221,6 +255,8 @@ class MuxConnection:
             for stream in streams:
                 self._streams.pop(stream.stream_id, None)
             raise
+        for stream in streams:
+            stream.announced = True  # the Fds frame is queued: a probe may name it now
         return streams
 
     async def open_stream(self, direction: Direction | int = Direction.READ_WRITE) -> MuxStream:
@@ -400,6 +436,53 @@ class MuxConnection:
                 item.done.set()
         for stream in list(self._streams.values()):
             stream._interrupt()
+        if self._pause_scope is not None:
+            self._pause_scope.cancel()  # a reader waiting for room would never read the failure
+
+    # ---- probing the link while the reader waits ---------------------------
+
+    async def _wait_not_reading(self, wait: Callable[[], Awaitable[object]]) -> bool:
+        """One wait of the reader for something other than the link; False if it timed out.
+
+        The caller checks its condition again either way. A timeout probes
+        the link; a link the writer found broken ends the reader.
+        """
+        self._check_link_alive()
+        if self._next_probe is None:
+            self._next_probe = trio.current_time() + self.probe_interval
+        with trio.CancelScope(deadline=self._next_probe) as scope:
+            self._pause_scope = scope
+            try:
+                await wait()
+            finally:
+                self._pause_scope = None
+        self._check_link_alive()
+        if scope.cancelled_caught:
+            self._probe_link()
+            self._next_probe = trio.current_time() + self.probe_interval
+            return False
+        return True
+
+    def _check_link_alive(self) -> None:
+        if self._send_error is not None:
+            raise _LinkLost
+
+    def _probe_link(self) -> None:
+        """Send an empty StreamData, if the writer is idle: a departed peer's kernel answers with a reset.
+
+        A busy writer needs no probe: what it is sending tests the link.
+        Every peer takes an empty StreamData on a stream that carries data
+        towards it and is not closed yet, so one of those is used while there
+        is one; else any announced stream (protocol.md: a no-op on any).
+        """
+        if self._closed or self._send_error is not None or not self._writer_idle:
+            return
+        announced = [stream for stream in self._streams.values() if stream.announced]
+        carrier = next((s for s in announced if s.can_send and not s._eof_sent), None)
+        if carrier is None:
+            carrier = next(iter(announced), None)
+        if carrier is not None:
+            self._enqueue(_Outgoing(encode_data_header(carrier.stream_id, 0)))
 
     # ---- reading ------------------------------------------------------------
 
@@ -408,6 +491,7 @@ class MuxConnection:
         error: BaseException | None = None
         try:
             while True:
+                self._next_probe = None  # reading the link: whatever ended it, we see
                 data = await self.link.receive_some(READ_SIZE)
                 if not data:
                     if not decoder.at_boundary:
@@ -418,6 +502,8 @@ class MuxConnection:
                     await self._dispatch(frame)
         except ProtocolError as exc:
             error = exc
+        except _LinkLost:
+            error = self._send_error
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             if self._closed:
                 return
@@ -433,7 +519,8 @@ class MuxConnection:
 
     async def _deliver(self, item: object) -> None:
         try:
-            await self._events_in.send(item)
+            while not await self._wait_not_reading(partial(self._events_in.send, item)):
+                pass
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # nobody will receive any more: the connection is closing
 
@@ -530,6 +617,8 @@ class MuxStream(trio.abc.HalfCloseableStream):
         self._data_lot = trio.lowlevel.ParkingLot()
         self._space_lot = trio.lowlevel.ParkingLot()
         self._operations: set[trio.CancelScope] = set()
+        # A peer's stream is known to both sides at once; ours once its Fds frame is queued.
+        self.announced = not local
         self._closed = False
         self._eof_sent = False
         self._gone_sent = False
@@ -696,14 +785,14 @@ class MuxStream(trio.abc.HalfCloseableStream):
     # ---- called by the connection's reader ---------------------------------
 
     async def _receive_data(self, data: bytes) -> None:
+        if not data:
+            return  # a probe of the link (or a peer's no-op): valid on any announced stream
         if not self.can_receive:
             raise ProtocolError(f"StreamData on stream {self.stream_id}, which carries no data from the peer")
         if self._eof_received:
             raise ProtocolError(f"StreamData on stream {self.stream_id} after its StreamClose")
-        if not data:
-            return
         while not self._closed and self._buffered and self._buffered + len(data) > self._limit:
-            await self._space_lot.park()
+            await self._connection._wait_not_reading(self._space_lot.park)
         if self._closed:
             return  # nobody reads this stream any more
         self._chunks.append(data)

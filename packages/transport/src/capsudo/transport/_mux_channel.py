@@ -37,7 +37,7 @@ from capsudo.proto import (
 
 from ._channel import MessageChannel, Received, close_fds
 from ._fdstream import DescriptorView, SocketView, open_view
-from ._mux import DEFAULT_MAX_STREAMS, DEFAULT_STREAM_BUFFER, MuxConnection, MuxStream, Role
+from ._mux import DEFAULT_MAX_STREAMS, DEFAULT_PROBE_INTERVAL, DEFAULT_STREAM_BUFFER, MuxConnection, MuxStream, Role
 
 #: How long output streams may stay quiet, once the session's outcome is known, before it is delivered anyway.
 DEFAULT_EXIT_GRACE = 2.0
@@ -100,6 +100,7 @@ class MuxChannel(MessageChannel):
         exit_grace: float | None = DEFAULT_EXIT_GRACE,
         description: str | None = None,
         nursery: trio.Nursery | None = None,
+        probe_interval: float = DEFAULT_PROBE_INTERVAL,
     ) -> None:
         self.description = description or f"multiplexed ({role})"
         self.exit_grace = exit_grace
@@ -111,6 +112,7 @@ class MuxChannel(MessageChannel):
             max_streams=max_streams,
             description=self.description,
             nursery=nursery,
+            probe_interval=probe_interval,
         )
         self._sources: list[_Pump] = []  # read our caller's descriptors (stdin)
         self._sinks: list[_Pump] = []  # write into our caller's descriptors (stdout, stderr)
