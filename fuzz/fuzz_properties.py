@@ -11,7 +11,7 @@ suite replays the kept corpus through them, so neither needs the other.
 - frames: the same for the multiplexer's frame decoder.
 - handshake: the daemon's read_request, over an in-memory channel that hands
   out real descriptors for Fd messages the way a Unix socket does, returns a
-  request, None or HandshakeError/ProtocolError exactly as a short
+  request, None or Refused/ProtocolError exactly as a short
   independent statement of the rules predicts, never reads past End, and
   leaves no descriptor open behind it.
 """
@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from capsudo.core._handshake import HandshakeError, read_request
+from capsudo.core import daemon_protocol, read_request
+from capsudo.proto import Refused
 from capsudo.core._limits import SessionLimits
 from capsudo.proto import (Arg, ControlDecoder, End, Env, Error, Exit, Fd, FrameDecoder, Message,
                            ProtocolError, Unauthorized, encode_frame, encode_message)
@@ -196,13 +197,13 @@ def check_handshake(data: bytes, limits: SessionLimits = HANDSHAKE_LIMITS) -> No
     try:
         before = _open_descriptors()
         channel = ScriptedChannel(data, lambda: os.dup(null))
-        coroutine = read_request(channel, limits)
+        coroutine = read_request(channel, daemon_protocol(limits))
         try:
             coroutine.send(None)
         except StopIteration as stop:
             request = stop.value
             verdict = "left" if request is None else "request"
-        except (HandshakeError, ProtocolError):
+        except (Refused, ProtocolError):
             request, verdict = None, "refused"
         else:
             coroutine.close()

@@ -3,7 +3,7 @@
 read_request runs over a real UnixChannel on a socketpair, with real
 descriptors passed as SCM_RIGHTS, the client's bytes sent whole or one byte
 at a time. Whatever arrives, the outcome is a request, None (the client
-left) or HandshakeError/ProtocolError — the verdict that the rules in
+left) or Refused/ProtocolError — the verdict that the rules in
 fuzz/fuzz_properties.py predict — and no descriptor stays open behind it.
 """
 
@@ -22,7 +22,8 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from capsudo.core._handshake import HandshakeError, read_request
+from capsudo.core import daemon_protocol, read_request
+from capsudo.proto import Refused
 from capsudo.core._limits import SessionLimits
 from capsudo.proto import (MAX_CONTROL_PAYLOAD, Arg, End, Env, Fd, MessageType, ProtocolError,
                            encode_message)
@@ -117,8 +118,8 @@ async def _handshake_over_socket(parts: list[tuple[bytes, int]], bytewise: bool,
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send_everything)
             try:
-                request = await read_request(channel, limits)
-            except (HandshakeError, ProtocolError):
+                request = await read_request(channel, daemon_protocol(limits))
+            except (Refused, ProtocolError):
                 verdict = "refused"
             else:
                 verdict = "left" if request is None else "request"
@@ -204,7 +205,7 @@ def test_an_announced_length_costs_nothing_until_the_bytes_come(type_code, annou
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(trickle)
                     with pytest.raises(ProtocolError, match="middle of a message"):
-                        await read_request(channel, SessionLimits())
+                        await read_request(channel, daemon_protocol(SessionLimits()))
                 _, peak = tracemalloc.get_traced_memory()
             finally:
                 tracemalloc.stop()
@@ -225,7 +226,7 @@ def test_a_length_past_the_limit_is_refused_at_the_header(announced):
             client_end.sendall(struct.pack("<II", MessageType.ARG, announced))
             with trio.fail_after(5):
                 with pytest.raises(ProtocolError, match="more than the limit"):
-                    await read_request(channel, SessionLimits())
+                    await read_request(channel, daemon_protocol(SessionLimits()))
 
     trio.run(scenario)
 

@@ -31,8 +31,25 @@ __all__ = [
     "run_endpoint_session",
     "run",
     "serve_session",
-    "SessionRecord",
     "Hangup",
+    "read_request",
+    "daemon_protocol",
+    "Request",
+    # the decision seam
+    "Asked",
+    "Allow",
+    "Refuse",
+    "Decision",
+    "attenuating",
+    # session events
+    "Accepted",
+    "Requested",
+    "Decided",
+    "Started",
+    "Ended",
+    "SessionEvent",
+    "EventSink",
+    "SessionRecord",
 ]
 
 _HOME = {
@@ -55,8 +72,13 @@ _HOME = {
     "run_endpoint_session": "._channel_client",
     "run": "._library",
     "serve_session": "._daemon_session",
-    "SessionRecord": "._daemon_session",
     "Hangup": "._daemon_session",
+    **dict.fromkeys(["read_request", "daemon_protocol", "Request"], "._handshake"),
+    **dict.fromkeys(["Asked", "Allow", "Refuse", "Decision", "attenuating"], "._decision"),
+    **dict.fromkeys(
+        ["Accepted", "Requested", "Decided", "Started", "Ended", "SessionEvent", "EventSink", "SessionRecord"],
+        "._events",
+    ),
 }
 
 
@@ -69,7 +91,11 @@ if TYPE_CHECKING:
     from ._client_request import (FORWARDED_VARIABLES, ClientError, ClientRequest, build_request,
                                   default_endpoint, forwarded_environment)
     from ._channel_client import run_endpoint_session
-    from ._daemon_session import Hangup, SessionRecord, serve_session
+    from ._daemon_session import Hangup, serve_session
+    from ._decision import Allow, Asked, Decision, Refuse, attenuating
+    from ._events import (Accepted, Decided, Ended, EventSink, Requested, SessionEvent, SessionRecord,
+                          Started)
+    from ._handshake import Request, daemon_protocol, read_request
     from ._library import run
     from ._limits import SessionLimits
     from ._options import UsageError, number_option, parse_options

@@ -1,26 +1,29 @@
-"""The daemon's side of one session: handshake, attenuation, run, status.
+"""The daemon's side of one session: handshake, decision, run, status.
 
 Written against MessageChannel only: the same code serves a Unix socket, a
-byte channel, or a socket handed over by a password front-end.
+byte channel, or a socket handed over by a password front-end. What runs is
+the decision's (by default the endpoint's attenuation); what happened goes
+to an event sink, as events that carry the session's id.
 """
 
 from __future__ import annotations
 
-import shlex
 import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import trio
 
-from capsudo.proto import Error, Exit, ProtocolError, Winsize
+from capsudo.proto import Error, Exit, ProtocolError, Refused, Resized, reason
 from capsudo.transport import MessageChannel
 
-from ._handshake import HandshakeError, Request, read_request
+from ._decision import Allow, Asked, Decision, attenuating
+from ._events import (Accepted, Decided, Ended, EventSink, Requested, SessionEvent, SessionRecord, Started,
+                      env_names, new_session_id)
+from ._handshake import Request, daemon_protocol, read_request
 from ._limits import SessionLimits
-from ._policy import Policy, ProgramNotFound, attenuate, resolve_program
+from ._policy import Policy, ProgramNotFound, resolve_program
 from ._spawn import RunningProgram, SpawnError, open_plain_program, signal_group
 
 CANNOT_RUN_STATUS = 127
@@ -30,26 +33,6 @@ FAILURE_STATUS = 1
 LEFTOVER_GRACE = 1.0
 
 _LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-
-
-@dataclass
-class SessionRecord:
-    """One line of the daemon's log: who ran what, and how it ended."""
-
-    peer: str
-    argv: list[str] | None = None
-    status: int | None = None
-    outcome: str = "ok"
-    started: float = 0.0
-    duration: float = 0.0
-
-    def __str__(self) -> str:
-        command = shlex.join(self.argv) if self.argv is not None else "-"
-        status = "-" if self.status is None else str(self.status)
-        return (
-            f"session {self.peer} argv={command!r} status={status} "
-            f"outcome={self.outcome} duration={self.duration:.3f}s"
-        )
 
 
 class Hangup:
@@ -106,30 +89,43 @@ async def _hang_up(program: RunningProgram, grace: float) -> None:
         signal_group(program.pid, signal.SIGKILL)
 
 
-async def _watch_client(channel: MessageChannel, program: RunningProgram, record: SessionRecord) -> None:
+class _Session:
+    """One session's channel, protocol, and how it is going so far."""
+
+    def __init__(self, channel: MessageChannel, limits: SessionLimits, emit: EventSink) -> None:
+        self.id = new_session_id()
+        self.channel = channel
+        self.protocol = daemon_protocol(limits)
+        self.limits = limits
+        self.emit = emit
+        self.status: int | None = None
+        self.outcome = "ok"
+
+
+async def _watch_client(session: _Session, program: RunningProgram) -> None:
     """Apply window-size changes until the client goes away."""
     while True:
         try:
-            received = await channel.receive()
+            received = await session.channel.receive()
+            event = session.protocol.receive(received.message) if received is not None else None
         except (ProtocolError, *_LINK_ERRORS):
             received = None
         if received is None:
-            record.outcome = "client hung up"
+            session.outcome = "client hung up"
             return
-        if isinstance(received.message, Winsize):
-            program.resize(received.message)
+        if isinstance(event, Resized):
+            program.resize(event.winsize)
 
 
-async def _supervise(
-    channel: MessageChannel, program: RunningProgram, limits: SessionLimits, shutdown: Hangup, record: SessionRecord
-) -> int | None:
+async def _supervise(session: _Session, program: RunningProgram, shutdown: Hangup) -> int | None:
     """The program's status; None when the client left and the wait was cut short."""
     status = None
+    limits = session.limits
     with shutdown.tracking(program):
         async with trio.open_nursery() as nursery:
 
             async def watch_then_hang_up() -> None:
-                await _watch_client(channel, program, record)
+                await _watch_client(session, program)
                 await _hang_up(program, limits.hangup_grace)
                 # Nobody is left to take the status, nor output still in flight
                 # (a pty relay writing to a pipe that nobody reads): that must not
@@ -156,60 +152,82 @@ async def serve_session(
     policy: Policy,
     limits: SessionLimits = SessionLimits(),
     shutdown: Hangup | None = None,
+    *,
+    decide: Decision = attenuating,
+    events: EventSink | None = None,
 ) -> SessionRecord:
-    """Serve one client to its end; never raises for anything the client did."""
-    record = SessionRecord(peer=str(channel.peer) if channel.peer else channel.description, started=time.time())
+    """Serve one client to its end; never raises for anything the client did.
+
+    `decide` turns the request into what runs (default: the endpoint's
+    attenuation); `events` receives the session's events. The log line made
+    from them is returned.
+    """
+    record = SessionRecord()
+
+    def emit(event: SessionEvent) -> None:
+        record(event)
+        if events is not None:
+            events(event)
+
+    session = _Session(channel, limits, emit)
     clock = time.monotonic()
-    shutdown = shutdown or Hangup()
+    emit(Accepted(session.id, channel.peer, channel.description))
     try:
-        await _serve(channel, policy, limits, shutdown, record)
+        await _serve(session, policy, shutdown or Hangup(), decide)
     finally:
-        record.duration = time.monotonic() - clock
         with trio.CancelScope(shield=True):
             await channel.aclose()
+        emit(Ended(session.id, session.status, session.outcome, time.monotonic() - clock))
     return record
 
 
-async def _refuse(channel: MessageChannel, record: SessionRecord, reason: str, status: int) -> None:
-    record.outcome = f"refused: {reason}"
-    record.status = status
-    await _send_quietly(channel, Error(reason), Exit(status))
+async def _refuse(session: _Session, text: str, status: int) -> None:
+    session.outcome = f"refused: {text}"
+    session.status = status
+    await _send_quietly(session.channel, Error(text), Exit(status))
 
 
-async def _serve(
-    channel: MessageChannel, policy: Policy, limits: SessionLimits, shutdown: Hangup, record: SessionRecord
-) -> None:
+async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: Decision) -> None:
+    channel, limits = session.channel, session.limits
     try:
         with trio.fail_after(limits.handshake_timeout):
-            request = await read_request(channel, limits)
+            request = await read_request(channel, session.protocol)
     except trio.TooSlowError:
-        return await _refuse(channel, record, f"handshake not completed within {limits.handshake_timeout:g}s", FAILURE_STATUS)
-    except (HandshakeError, ProtocolError) as exc:
-        return await _refuse(channel, record, str(exc), FAILURE_STATUS)
+        why = reason("handshake-timeout", seconds=limits.handshake_timeout)
+        return await _refuse(session, why.text, FAILURE_STATUS)
+    except (Refused, ProtocolError) as exc:
+        return await _refuse(session, str(exc), FAILURE_STATUS)
     except _LINK_ERRORS as exc:
-        record.outcome = f"connection lost during handshake: {exc}"
+        session.outcome = f"connection lost during handshake: {exc}"
         return
     if request is None:
-        record.outcome = "client left before End"
+        session.outcome = "client left before End"
         return
 
     try:
-        argv, env = attenuate(policy, request.argv, request.env_entries)
-        record.argv = argv
+        session.emit(Requested(session.id, tuple(request.argv), env_names(request.env_entries), request.interactive))
+        decision = await decide(Asked(session.id, channel.peer, channel.description, request, policy))
+        if not isinstance(decision, Allow):
+            session.emit(Decided(session.id, False, reason=decision.reason))
+            request.close_fds()
+            return await _refuse(session, decision.reason.text, FAILURE_STATUS)
+        argv, env = decision.argv, dict(decision.env)
+        session.emit(Decided(session.id, True, tuple(argv), tuple(env)))
         try:
             executable = resolve_program(argv[0], env)
             client_pid = channel.peer.pid if channel.peer is not None and channel.peer.pid > 0 else None
             async with open_program(request, executable, argv, env, client_pid) as program:
                 request.close_fds()  # the program holds them now; our copies would delay end-of-file
-                status = await _supervise(channel, program, limits, shutdown, record)
+                session.emit(Started(session.id, program.pid, executable, tuple(argv)))
+                status = await _supervise(session, program, shutdown)
         except (SpawnError, ProgramNotFound, OSError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             # Descriptors first: over a multiplexed channel the Exit waits
             # until the outputs reach their end, which our copies hold back.
             request.close_fds()
-            return await _refuse(channel, record, f"unable to run {argv[0]}: {reason}", CANNOT_RUN_STATUS)
+            return await _refuse(session, reason("cannot-run", program=argv[0], why=why).text, CANNOT_RUN_STATUS)
     finally:
         request.close_fds()
-    record.status = status
-    if record.outcome == "ok":
+    session.status = status
+    if session.outcome == "ok":
         await _send_quietly(channel, Exit(status))

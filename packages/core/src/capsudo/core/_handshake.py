@@ -1,100 +1,61 @@
-"""The daemon's side of the configuration phase: messages until End."""
+"""The daemon's side of the configuration phase: the session protocol, driven until End.
+
+The rules are the protocol's (capsudo.proto.SessionProtocol); this module
+only moves messages to it and keeps the descriptors the client delegates,
+which the protocol, doing no I/O, never holds.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from capsudo.proto import Arg, End, Env, Fd, ProtocolError, Secret, SessionKind, SessionType, Winsize
+from capsudo.proto import DAEMON, Configured, HandshakeLimits, Refused, SessionProtocol, reason
+from capsudo.proto import Request as _ProtocolRequest
 from capsudo.transport import MessageChannel, close_fds
 
 from ._descriptor_rights import descriptor_fault
 from ._limits import SessionLimits
 
-STDIO_COUNT = 3
 
+class Request(_ProtocolRequest):
+    """What a client asked for, with the descriptors it delegated (ours to close)."""
 
-class HandshakeError(Exception):
-    """The client's configuration cannot be accepted; the text goes back to it."""
-
-
-@dataclass
-class Request:
-    """What a client asked for, before attenuation."""
-
-    argv: list[str] = field(default_factory=list)
-    env_entries: list[str] = field(default_factory=list)
-    kind: SessionKind = SessionKind.NON_INTERACTIVE
-    winsize: Winsize | None = None
-    fds: list[int] = field(default_factory=list)
-    # Kept only so a proxy can pass it on to a front-end; a daemon ignores it.
-    secret: bytes | None = field(default=None, repr=False)
-
-    @property
-    def interactive(self) -> bool:
-        return self.kind is SessionKind.INTERACTIVE
+    __slots__ = ()
 
     def close_fds(self) -> None:
         close_fds(self.fds)
         self.fds = []
 
 
-async def read_request(channel: MessageChannel, limits: SessionLimits) -> Request | None:
+def daemon_protocol(limits: SessionLimits) -> SessionProtocol:
+    """The daemon's side of one session, under these limits."""
+    handshake = HandshakeLimits(limits.max_items, limits.max_bytes, limits.max_handshake_messages)
+    return SessionProtocol(DAEMON, handshake, Request())
+
+
+async def read_request(channel: MessageChannel, protocol: SessionProtocol) -> Request | None:
     """Read the configuration up to End; None when the client left before End.
 
-    Accepts the messages in any order; the last SessionType and Winsize win.
+    Raises Refused or ProtocolError; either way no descriptor leaks.
     Delegated descriptors without the rights their place needs are refused
     (see _descriptor_rights).
-    Raises HandshakeError or ProtocolError; either way no descriptor leaks.
     """
-    request = Request()
-    items = size = messages = 0
+    request = protocol.request
     try:
         while True:
             received = await channel.receive()
             if received is None:
                 request.close_fds()
                 return None
-            message = received.message
-            messages += 1
-            if messages > limits.max_handshake_messages:
+            try:
+                event = protocol.receive(received.message)
+            except BaseException:
                 close_fds(received.fds)
-                raise HandshakeError(f"too many messages before End (limit {limits.max_handshake_messages})")
-            if isinstance(message, (Arg, Env)):
-                items += 1
-                size += len(message.payload())
-                if items > limits.max_items:
-                    raise HandshakeError(f"too many arguments and environment entries (limit {limits.max_items})")
-                if size > limits.max_bytes:
-                    raise HandshakeError(f"arguments and environment exceed {limits.max_bytes} bytes")
-                if isinstance(message, Arg):
-                    request.argv.append(message.value)
-                else:
-                    request.env_entries.append(message.entry)
-            elif isinstance(message, Fd):
-                if request.fds:
-                    close_fds(received.fds)
-                    raise HandshakeError("descriptors were delegated twice")
-                if message.count != STDIO_COUNT:
-                    close_fds(received.fds)
-                    raise HandshakeError(f"expected {STDIO_COUNT} descriptors (stdin, stdout, stderr), got {message.count}")
+                raise
+            if received.fds:  # only an accepted Fd carries them
                 request.fds = received.fds
                 if (fault := descriptor_fault(request.fds)) is not None:
-                    raise HandshakeError(fault)
-            elif isinstance(message, SessionType):
-                # Auto is for the client to resolve; a daemon has no terminal to look at.
-                request.kind = (
-                    SessionKind.INTERACTIVE if message.kind is SessionKind.INTERACTIVE else SessionKind.NON_INTERACTIVE
-                )
-            elif isinstance(message, Winsize):
-                request.winsize = message
-            elif isinstance(message, Secret):
-                request.secret = message.secret
-            elif isinstance(message, End):
-                if not request.fds:
-                    raise HandshakeError("no descriptors were delegated before End")
+                    raise Refused(reason("descriptor-rights", why=fault))
+            if isinstance(event, Configured):
                 return request
-            else:
-                raise ProtocolError(f"a client may not send {type(message).__name__}")
     except BaseException:
         request.close_fds()
         raise

@@ -168,6 +168,10 @@ class Winsize:
     ypixels: int = 0
     type: ClassVar[MessageType] = MessageType.WINSIZE
 
+    def __iter__(self):
+        # rows, cols, xpixels, ypixels: a Winsize goes wherever the 4-tuple of a terminal's size does.
+        return iter((self.rows, self.cols, self.xpixels, self.ypixels))
+
     def payload(self) -> bytes:
         return lean.winsize_payload(self.rows, self.cols, self.xpixels, self.ypixels)
 

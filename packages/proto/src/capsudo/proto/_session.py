@@ -96,6 +96,7 @@ REASONS = {
     "descriptors-twice": "descriptors were delegated twice",
     "descriptor-count": "expected 3 descriptors (stdin, stdout, stderr), got {count}",
     "no-descriptors": "no descriptors were delegated before End",
+    "descriptor-rights": "{why}",
     "not-now": "a client may not send {name}",
     "handshake-timeout": "handshake not completed within {seconds:g}s",
     "busy": "too many sessions (limit {limit}); try again later",

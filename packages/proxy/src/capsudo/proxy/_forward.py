@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import trio
 
-from capsudo.core._handshake import HandshakeError, Request, read_request
-from capsudo.core._limits import SessionLimits
-from capsudo.proto import (Arg, End, Env, Error, Exit, Fd, ProtocolError, Secret, SessionType, Unauthorized,
-                           Winsize)
+from capsudo.core import Request, SessionLimits, daemon_protocol, read_request
+from capsudo.proto import (CLIENT, MESSAGE_CLASSES, Challenged, Error, Exit, Failed, Finished, ProtocolError,
+                           Refused, Resized, SessionProtocol, Unauthorized, handshake, lean, reason)
 from capsudo.transport import MessageChannel, UnixChannel
 
 _LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -49,35 +48,35 @@ async def _send_quietly(channel: MessageChannel, *messages) -> None:
         pass
 
 
-async def _replay(target: MessageChannel, request: Request) -> None:
-    if request.secret is not None:
-        await target.send(Secret(request.secret))
-    for entry in request.env_entries:
-        await target.send(Env(entry))
-    for value in request.argv:
-        await target.send(Arg(value))
-    await target.send(SessionType(request.kind))
-    if request.winsize is not None:
-        await target.send(request.winsize)
-    await target.send(Fd(len(request.fds)), request.fds)
-    if isinstance(target, UnixChannel):
-        # The daemon holds the descriptors now; ours would hold back end-of-file.
-        request.close_fds()
-    await target.send(End())
+async def _replay(target: MessageChannel, protocol: SessionProtocol, request: Request) -> None:
+    """The client's request, as the client would have sent it, to the target."""
+    for type_code, payload in handshake(request, request.secret):
+        protocol.send(type_code)
+        message = MESSAGE_CLASSES[type_code].from_payload(payload)
+        if type_code != lean.FD:
+            await target.send(message)
+            continue
+        await target.send(message, request.fds)
+        if isinstance(target, UnixChannel):
+            # The daemon holds the descriptors now; ours would hold back end-of-file.
+            request.close_fds()
 
 
-async def _relay_window_sizes(client: MessageChannel, target: MessageChannel, record: ForwardRecord) -> None:
+async def _relay_window_sizes(
+    client: MessageChannel, client_protocol: SessionProtocol, target: MessageChannel, record: ForwardRecord
+) -> None:
     while True:
         try:
             received = await client.receive()
+            event = client_protocol.receive(received.message) if received is not None else None
         except (ProtocolError, *_LINK_ERRORS):
             received = None
         if received is None:
             if record.status is None:
                 record.outcome = "client hung up"
             return
-        if isinstance(received.message, Winsize):
-            await target.send(received.message)
+        if isinstance(event, Resized):
+            await target.send(event.winsize)
 
 
 def _lost(target_name: str, exc: BaseException) -> str:
@@ -86,11 +85,14 @@ def _lost(target_name: str, exc: BaseException) -> str:
     return f"capsudo-proxy: {text}" if target_name in text else f"capsudo-proxy: connection to {target_name} lost: {text}"
 
 
-async def _relay_outcome(target: MessageChannel, client: MessageChannel, record: ForwardRecord) -> str | None:
+async def _relay_outcome(
+    target: MessageChannel, protocol: SessionProtocol, client: MessageChannel, record: ForwardRecord
+) -> str | None:
     """Relay replies until Exit; the error to give the client when the target failed instead."""
     while True:
         try:
             received = await target.receive()
+            event = protocol.receive(received.message) if received is not None else None
         except ProtocolError as exc:
             record.outcome = f"target sent a bad reply: {exc}"
             return f"capsudo-proxy: the capability's daemon sent a bad reply: {exc}"
@@ -103,12 +105,13 @@ async def _relay_outcome(target: MessageChannel, client: MessageChannel, record:
             if record.status is None:
                 record.outcome = "target closed without a status"
             return None
-        message = received.message
-        if isinstance(message, (Error, Unauthorized)):
-            await client.send(message)
-        elif isinstance(message, Exit):
-            record.status = message.status
-            await client.send(message)
+        if isinstance(event, Failed):
+            await client.send(Error(event.text))
+        elif isinstance(event, Challenged):
+            await client.send(Unauthorized(event.prompt))
+        elif isinstance(event, Finished):
+            record.status = event.status
+            await client.send(Exit(event.status))
             return None
 
 
@@ -129,13 +132,15 @@ async def forward_session(
 
 async def _forward(client: MessageChannel, connect_target: ConnectTarget, limits: SessionLimits,
                    record: ForwardRecord) -> None:
+    client_protocol = daemon_protocol(limits)
     try:
         with trio.fail_after(limits.handshake_timeout):
-            request = await read_request(client, limits)
+            request = await read_request(client, client_protocol)
     except trio.TooSlowError:
         record.outcome = "refused: handshake timed out"
-        return await _send_quietly(client, Error(f"capsudo-proxy: handshake not completed within {limits.handshake_timeout:g}s"), Exit(1))
-    except (HandshakeError, ProtocolError) as exc:
+        why = reason("handshake-timeout", seconds=limits.handshake_timeout)
+        return await _send_quietly(client, Error(f"capsudo-proxy: {why.text}"), Exit(1))
+    except (Refused, ProtocolError) as exc:
         record.outcome = f"refused: {exc}"
         return await _send_quietly(client, Error(f"capsudo-proxy: {exc}"), Exit(1))
     except _LINK_ERRORS as exc:
@@ -152,18 +157,19 @@ async def _forward(client: MessageChannel, connect_target: ConnectTarget, limits
             record.outcome = f"target unreachable: {exc}"
             failure = f"capsudo-proxy: {exc}"
             return
+        target_protocol = SessionProtocol(CLIENT)
         async with target:
             try:
-                await _replay(target, request)
+                await _replay(target, target_protocol, request)
                 async with trio.open_nursery() as nursery:
 
                     async def follow_client() -> None:
-                        await _relay_window_sizes(client, target, record)
+                        await _relay_window_sizes(client, client_protocol, target, record)
                         # The client left: dropping the target hangs its program up.
                         nursery.cancel_scope.cancel()
 
                     nursery.start_soon(follow_client)
-                    failure = await _relay_outcome(target, client, record)
+                    failure = await _relay_outcome(target, target_protocol, client, record)
                     nursery.cancel_scope.cancel()
             except* _LINK_ERRORS as group:
                 if record.status is None:
