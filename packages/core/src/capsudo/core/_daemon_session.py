@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import trio
 
-from capsudo.proto import Error, Exit, ProtocolError, Refused, Resized, reason
+from capsudo.proto import Error, Exit, ProtocolError, Refused, Resized, SessionProtocol, reason
 from capsudo.transport import MessageChannel
 
 from ._decision import Allow, Asked, Decision, attenuating
@@ -92,10 +92,12 @@ async def _hang_up(program: RunningProgram, grace: float) -> None:
 class _Session:
     """One session's channel, protocol, and how it is going so far."""
 
-    def __init__(self, channel: MessageChannel, limits: SessionLimits, emit: EventSink) -> None:
+    def __init__(
+        self, channel: MessageChannel, limits: SessionLimits, emit: EventSink, protocol: type[SessionProtocol]
+    ) -> None:
         self.id = new_session_id()
         self.channel = channel
-        self.protocol = daemon_protocol(limits)
+        self.protocol = daemon_protocol(limits, protocol)
         self.limits = limits
         self.emit = emit
         self.status: int | None = None
@@ -155,12 +157,14 @@ async def serve_session(
     *,
     decide: Decision = attenuating,
     events: EventSink | None = None,
+    protocol: type[SessionProtocol] = SessionProtocol,
 ) -> SessionRecord:
     """Serve one client to its end; never raises for anything the client did.
 
     `decide` turns the request into what runs (default: the endpoint's
     attenuation); `events` receives the session's events. The log line made
-    from them is returned.
+    from them is returned. `protocol` is the session protocol to follow (a
+    subclass may know more messages; the channel must decode them).
     """
     record = SessionRecord()
 
@@ -169,7 +173,7 @@ async def serve_session(
         if events is not None:
             events(event)
 
-    session = _Session(channel, limits, emit)
+    session = _Session(channel, limits, emit, protocol)
     clock = time.monotonic()
     emit(Accepted(session.id, channel.peer, channel.description))
     try:

@@ -25,10 +25,10 @@ class Request(_ProtocolRequest):
         self.fds = []
 
 
-def daemon_protocol(limits: SessionLimits) -> SessionProtocol:
+def daemon_protocol(limits: SessionLimits, protocol: type[SessionProtocol] = SessionProtocol) -> SessionProtocol:
     """The daemon's side of one session, under these limits."""
     handshake = HandshakeLimits(limits.max_items, limits.max_bytes, limits.max_handshake_messages)
-    return SessionProtocol(DAEMON, handshake, Request())
+    return protocol(DAEMON, handshake, Request())
 
 
 async def read_request(channel: MessageChannel, protocol: SessionProtocol) -> Request | None:

@@ -50,9 +50,9 @@ def _handshake(protocol: SessionProtocol, request: ClientRequest, secret: bytes 
     return b"".join(before), b"".join(carrying)
 
 
-def _connect(path: str) -> BlockingUnixConnection:
+def _connect(path: str, protocol: SessionProtocol) -> BlockingUnixConnection:
     try:
-        return BlockingUnixConnection(path)
+        return BlockingUnixConnection(path, protocol.message_types())
     except OSError as exc:
         raise ClientError(f"cannot connect to {path}: {exc.strerror or exc}") from None
 
@@ -61,9 +61,10 @@ class _Answered(Exception):
     """The far end stopped reading the request; what it said may still be read."""
 
 
-def _one_connection(path: str, request: ClientRequest, secret: bytes | None, errors: list[str]) -> int:
-    protocol = SessionProtocol(CLIENT)
-    with _connect(path) as connection:
+def _one_connection(
+    path: str, request: ClientRequest, secret: bytes | None, errors: list[str], protocol: SessionProtocol
+) -> int:
+    with _connect(path, protocol) as connection:
         try:
             if not request.interactive:
                 _send_request(path, connection, protocol, request, secret)
@@ -160,18 +161,23 @@ def _await_status(connection: BlockingUnixConnection, protocol: SessionProtocol,
 
 
 def run_unix_session(
-    path: str, request: ClientRequest, ask_secret: SecretPrompt | None = None, on_retry: Callable[[], None] | None = None
+    path: str,
+    request: ClientRequest,
+    ask_secret: SecretPrompt | None = None,
+    on_retry: Callable[[], None] | None = None,
+    protocol: type[SessionProtocol] = SessionProtocol,
 ) -> SessionResult:
     """Run one session on a Unix endpoint and return its status and errors.
 
     On Unauthorized, asks for the secret and reconnects with it first; a
     refused secret is asked again (after `on_retry`), three tries in all.
+    `protocol` is the session protocol to follow (a subclass may know more).
     """
     flow = PasswordFlow(ask_secret, on_retry)
     while True:
         errors: list[str] = []
         try:
-            status = _one_connection(path, request, flow.secret, errors)
+            status = _one_connection(path, request, flow.secret, errors, protocol(CLIENT))
         except PasswordRequired as challenge:
             flow.challenged(challenge.prompt)
             continue

@@ -222,6 +222,8 @@ class SessionProtocol:
 
     RULES = RULES
     STRICT = STRICT
+    #: Type code -> message class, for typed decoders; None for the contract's own.
+    MESSAGE_CLASSES = None
 
     def __init__(self, our_role: str, limits: HandshakeLimits | None = None, request: Request | None = None) -> None:
         self.our_role = our_role
@@ -232,10 +234,10 @@ class SessionProtocol:
         self._items = self._bytes = self._messages = 0
         self._delegated = False
 
-    @property
-    def message_types(self) -> frozenset[int]:
+    @classmethod
+    def message_types(cls) -> frozenset[int]:
         """Every type code the table knows, for decoders that refuse the rest."""
-        return frozenset(code for _, _, code in self.RULES)
+        return frozenset(code for _, _, code in cls.RULES)
 
     def receive(self, message=None, *, type_code: int | None = None, payload: bytes = b""):
         """Apply one message from the peer: a decoded message, or its type code and payload.

@@ -22,8 +22,10 @@ from capsudo.proto import ProtocolError, lean
 
 
 class BlockingUnixConnection:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, known_types=lean.KNOWN_TYPES) -> None:
         self.path = path
+        # The type codes a reply may have; a protocol that knows more passes its own.
+        self.known_types = known_types
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             self.socket.connect(path)
@@ -54,7 +56,7 @@ class BlockingUnixConnection:
         header = self._read_exactly(lean.HEADER_SIZE)
         if header is None:
             return None
-        type_code, length = lean.parse_header(header)
+        type_code, length = lean.parse_header(header, known=self.known_types)
         payload = self._read_exactly(length) if length else b""
         if payload is None:
             raise ProtocolError("the connection closed in the middle of a message")

@@ -51,6 +51,7 @@ class UnixChannel(MessageChannel):
         max_payload: int = MAX_CONTROL_PAYLOAD,
         max_fds: int = DEFAULT_MAX_FDS,
         description: str | None = None,
+        classes=None,
     ) -> None:
         if not isinstance(sock, socket.socket):
             sock = socket.socket(sock.family, sock.type, fileno=sock.detach())
@@ -58,6 +59,8 @@ class UnixChannel(MessageChannel):
         # The same socket for callers that drive it with trio themselves.
         self.socket = trio.socket.from_stdlib_socket(sock)
         self.max_payload = max_payload
+        # Type code -> message class (None: the contract's), for a protocol that knows more.
+        self._classes = classes
         self._max_fds = max_fds
         self._ancillary_space = socket.CMSG_SPACE(max_fds * array.array("i").itemsize)
         try:
@@ -85,7 +88,7 @@ class UnixChannel(MessageChannel):
 
     async def receive(self) -> Received | None:
         self._check_open()
-        decoder = ControlDecoder(self.max_payload)
+        decoder = ControlDecoder(self.max_payload, self._classes)
         fds: list[int] = []
         try:
             while (wanted := decoder.needed()) > 0:
