@@ -141,12 +141,15 @@ async def _supervise(session: _Session, program: RunningProgram, shutdown: Hangu
     return status
 
 
-def open_program(request: Request, executable: str, argv: list[str], env: dict[str, str], client_pid: int | None):
+def open_program(request: Request, executable: str, argv: list[str], env: dict[str, str], peer):
+    """The program, on a pty or on the client's descriptors, under the caller's security label if it has one."""
+    client_pid = peer.pid if peer is not None and peer.pid > 0 else None
+    label = peer.label if peer is not None else None
     if request.interactive:
         from ._pty import open_pty_program
 
-        return open_pty_program(executable, argv, env, request.fds, request.winsize, client_pid=client_pid)
-    return open_plain_program(executable, argv, env, request.fds)
+        return open_pty_program(executable, argv, env, request.fds, request.winsize, client_pid=client_pid, label=label)
+    return open_plain_program(executable, argv, env, request.fds, label=label)
 
 
 async def serve_session(
@@ -219,8 +222,7 @@ async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: De
         session.emit(Decided(session.id, True, tuple(argv), tuple(env)))
         try:
             executable = resolve_program(argv[0], env)
-            client_pid = channel.peer.pid if channel.peer is not None and channel.peer.pid > 0 else None
-            async with open_program(request, executable, argv, env, client_pid) as program:
+            async with open_program(request, executable, argv, env, channel.peer) as program:
                 request.close_fds()  # the program holds them now; our copies would delay end-of-file
                 session.emit(Started(session.id, program.pid, executable, tuple(argv)))
                 status = await _supervise(session, program, shutdown)

@@ -31,6 +31,7 @@ import trio
 
 from capsudo.proto import Winsize
 
+from ._label import exec_label
 from ._spawn import SpawnError, pidfd_or_kill, signal_group
 from ._status import exit_status
 
@@ -371,7 +372,7 @@ def _take_the_terminal() -> None:
 
 
 def _spawn(
-    executable: str, argv: Sequence[str], env: Mapping[str, str], winsize: bytes
+    executable: str, argv: Sequence[str], env: Mapping[str, str], winsize: bytes, label: str | None
 ) -> tuple[subprocess.Popen, int]:
     """Start the program on a new pty; (process, master). Raises SpawnError.
 
@@ -387,18 +388,19 @@ def _spawn(
     try:
         fcntl.ioctl(master, termios.TIOCSWINSZ, winsize)
         os.set_blocking(master, False)
-        process = subprocess.Popen(
-            list(argv),
-            executable=executable,
-            env=dict(env),
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            close_fds=True,
-            start_new_session=True,
-            restore_signals=True,
-            preexec_fn=_take_the_terminal,
-        )
+        with exec_label(label):
+            process = subprocess.Popen(
+                list(argv),
+                executable=executable,
+                env=dict(env),
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                close_fds=True,
+                start_new_session=True,
+                restore_signals=True,
+                preexec_fn=_take_the_terminal,
+            )
     except BaseException as exc:
         os.close(master)
         if isinstance(exc, OSError):
@@ -623,13 +625,15 @@ async def open_pty_program(
     winsize: Winsize | None,
     *,
     client_pid: int | None = None,
+    label: str | None = None,
 ) -> AsyncIterator[PtyProgram]:
     """Start argv on a new pty relayed to the client's stdin and stdout.
 
     The client's stderr is not used: the program's stderr is the terminal.
     Leaving the context before the program ended kills its process group.
     With `client_pid`, a terminal on stdin is read only while that process
-    has its turn in the terminal's foreground.
+    has its turn in the terminal's foreground. With `label`, the program runs
+    under the caller's security label.
     Raises SpawnError when the program cannot be started.
     """
     # Whatever fails on the way (a view, the pty, the start, the pidfd),
@@ -639,7 +643,7 @@ async def open_pty_program(
     try:
         views.append(await _open_view_off_loop(stdio_fds[0], reading=True))
         views.append(await _open_view_off_loop(stdio_fds[1], reading=False))
-        process, master = _spawn(executable, argv, env, _pack_winsize(winsize))
+        process, master = _spawn(executable, argv, env, _pack_winsize(winsize), label)
         pidfd = pidfd_or_kill(process.pid, reap=process.wait)
     except BaseException:
         if master >= 0:
