@@ -297,11 +297,13 @@ async def open_listener(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     on_handshake_error: HandshakeErrorHandler | None = None,
     nursery: trio.Nursery | None = None,
+    allow_unsafe_directory: bool = False,
     **channel_options,
 ) -> Listener:
     """A listener on `endpoint` whose accept() returns a MessageChannel.
 
-    unix: a UnixListener (owner and mode apply). tcp:, vsock: a
+    unix: a UnixListener (owner and mode apply; a directory other users can
+    write is refused unless `allow_unsafe_directory`). tcp:, vsock: a
     NetworkListener; tls: a TlsListener, which needs `tls` with a
     certificate and key, and whose failed handshakes go to
     `on_handshake_error` (else the log) instead of out of accept(). Check
@@ -310,7 +312,9 @@ async def open_listener(
     """
     endpoint = as_endpoint(endpoint)
     if isinstance(endpoint, UnixEndpoint):
-        return await open_unix_listener(endpoint.path, owner=owner, mode=mode, backlog=backlog)
+        return await open_unix_listener(
+            endpoint.path, owner=owner, mode=mode, backlog=backlog, allow_unsafe_directory=allow_unsafe_directory
+        )
     if owner is not None:
         raise EndpointError(f"cannot listen on {endpoint}: an owner applies only to Unix socket endpoints")
     if isinstance(endpoint, SshEndpoint):

@@ -3,6 +3,15 @@
 The socket is bound inside a fresh private directory beside its final path,
 given its owner and mode there, and only then renamed into place: at no
 instant can anyone else connect to it under the wrong permissions.
+
+Every step inside the private directory goes through a descriptor of it,
+never through its name: the directory lies beside the endpoint, where
+another user may be able to rename things, and a name swapped for a
+directory of theirs (holding a symlink called `socket`) must not make root
+change the owner or mode of a file they chose. And a directory that other
+users can write without the sticky bit (like sshd's StrictModes, every
+directory from / down to the socket's) is refused at start, unless the
+operator allows it: whoever can write there can replace the socket itself.
 """
 
 from __future__ import annotations
@@ -25,6 +34,33 @@ _SUN_PATH_MAX = 107
 
 class EndpointError(Exception):
     """The endpoint cannot be set up; the message says why, on one line."""
+
+
+def unsafe_directory(directory: str) -> str | None:
+    """Why a socket in `directory` could be replaced by another user; None when it cannot.
+
+    Looks at the directory and each one above it, as the kernel resolves
+    them: owned by root or by us, and writable by no one else unless the
+    sticky bit keeps others from renaming what is not theirs (as in /tmp).
+    """
+    me = os.geteuid()
+    current = os.path.realpath(directory)
+    while True:
+        try:
+            st = os.stat(current)
+        except FileNotFoundError:
+            return None  # nothing to listen in: creating the socket says so
+        except OSError as exc:
+            return f"{current} cannot be examined: {exc.strerror}"
+        if st.st_uid not in (0, me):
+            return f"{current} belongs to uid {st.st_uid}, who could replace what is in it"
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+            who = "other users" if st.st_mode & stat.S_IWOTH else "its group"
+            return f"{current} is writable by {who} and not sticky: they could replace the socket"
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
 
 
 def _refuse_to_clobber(path: str) -> None:
@@ -86,42 +122,77 @@ class UnixListener:
 
 
 async def open_unix_listener(
-    path: str, *, owner: Owner | None = None, mode: int = DEFAULT_MODE, backlog: int = 128, **channel_options
+    path: str,
+    *,
+    owner: Owner | None = None,
+    mode: int = DEFAULT_MODE,
+    backlog: int = 128,
+    allow_unsafe_directory: bool = False,
+    **channel_options,
 ) -> UnixListener:
+    """Listen on `path` with exactly this owner and mode; EndpointError with one line otherwise.
+
+    `allow_unsafe_directory` accepts a directory (or one above it) that other
+    users could write: the operator's word that they are trusted.
+    """
     path = os.path.abspath(path)
     if len(os.fsencode(path)) > _SUN_PATH_MAX:
         raise EndpointError(f"cannot listen on {path}: longer than the {_SUN_PATH_MAX} bytes a socket address holds")
-    _refuse_to_clobber(path)
     directory = os.path.dirname(path)
+    if not allow_unsafe_directory and (why := unsafe_directory(directory)) is not None:
+        raise EndpointError(f"refusing to listen on {path}: {why} (--allow-unsafe-directory to accept it)")
+    _refuse_to_clobber(path)
     try:
         private = tempfile.mkdtemp(prefix=".capsudo-", dir=directory)
     except OSError as exc:
         raise EndpointError(f"cannot create a socket in {directory}: {exc.strerror}") from None
-    staging = os.path.join(private, "socket")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    staged = False
+    directory_fd = -1
     try:
-        if len(os.fsencode(staging)) > _SUN_PATH_MAX:
-            # The staging directory lengthens the path: bind through a short
-            # alias of that directory, so that every path that fits works.
-            directory_fd = os.open(private, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                sock.bind(f"/proc/self/fd/{directory_fd}/socket")
-            finally:
-                os.close(directory_fd)
-        else:
-            sock.bind(staging)
+        directory_fd = _open_private(private)
+        # Bound through the descriptor's own name in /proc, which no rename
+        # elsewhere can redirect (and which keeps the address short).
+        sock.bind(f"/proc/self/fd/{directory_fd}/socket")
+        staged = True
         if owner is not None:
-            os.chown(staging, -1 if owner.uid is None else owner.uid, -1 if owner.gid is None else owner.gid)
-        os.chmod(staging, mode)
+            os.chown("socket", -1 if owner.uid is None else owner.uid, -1 if owner.gid is None else owner.gid,
+                     dir_fd=directory_fd, follow_symlinks=False)
+        # Only we can write in the private directory: "socket" is our socket.
+        os.chmod("socket", mode, dir_fd=directory_fd)
         sock.listen(backlog)
-        os.rename(staging, path)
-    except OSError as exc:
+        os.rename("socket", path, src_dir_fd=directory_fd)
+        staged = False
+    except (OSError, EndpointError) as exc:
         sock.close()
+        if isinstance(exc, EndpointError):
+            raise
         raise EndpointError(f"cannot listen on {path}: {exc.strerror or exc}") from None
     finally:
-        try:
-            os.unlink(staging)
-        except FileNotFoundError:
-            pass
-        os.rmdir(private)
+        _clean_up(private, directory_fd, staged)
     return UnixListener(sock, path, **channel_options)
+
+
+def _open_private(private: str) -> int:
+    """A descriptor of the staging directory we just made, checked to be ours and private."""
+    fd = os.open(private, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        os.close(fd)
+        raise EndpointError(f"the staging directory {private} was replaced while the socket was made; refusing")
+    return fd
+
+
+def _clean_up(private: str, directory_fd: int, staged: bool) -> None:
+    """Remove what staging left; quietly, since another user may have moved things meanwhile."""
+    if directory_fd >= 0:
+        if staged:
+            try:
+                os.unlink("socket", dir_fd=directory_fd)
+            except OSError:
+                pass
+        os.close(directory_fd)
+    try:
+        os.rmdir(private)
+    except OSError:
+        pass  # swapped away or no longer empty: not ours to chase
