@@ -35,6 +35,7 @@ __all__ = [
     "encode_message",
     "decode_header",
     "ControlDecoder",
+    "HandshakeBudget",
     # multiplexer frames
     "FrameKind",
     "Direction",
@@ -55,6 +56,7 @@ _HOME = {
         "._messages",
     ),
     "ControlDecoder": "._control",
+    "HandshakeBudget": "._budget",
     **dict.fromkeys(
         ["FrameKind", "Direction", "Frame", "ControlFrame", "FdsFrame", "StreamData", "StreamClose",
          "encode_frame", "encode_data_header", "FrameDecoder"],
@@ -69,6 +71,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _HOME, __all__)
 
 
 if TYPE_CHECKING:
+    from ._budget import HandshakeBudget
     from ._control import ControlDecoder
     from ._frames import (ControlFrame, Direction, FdsFrame, Frame, FrameDecoder, FrameKind,
                           StreamClose, StreamData, encode_data_header, encode_frame)
