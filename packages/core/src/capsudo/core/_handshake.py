@@ -8,6 +8,7 @@ from capsudo.proto import Arg, End, Env, Fd, ProtocolError, Secret, SessionKind,
 from capsudo.transport import MessageChannel, close_fds
 
 from ._limits import SessionLimits
+from ._serving import handshake_finished
 
 STDIO_COUNT = 3
 
@@ -41,10 +42,13 @@ async def read_request(channel: MessageChannel, limits: SessionLimits) -> Reques
     """Read the configuration up to End; None when the client left before End.
 
     Accepts the messages in any order; the last SessionType and Winsize win.
+    Every message before End counts against max_bytes, whatever its type;
+    the channel refuses one too large for what is left before reading it.
     Raises HandshakeError or ProtocolError; either way no descriptor leaks.
     """
     request = Request()
     items = size = messages = 0
+    channel.limit_handshake(limits.max_bytes)
     try:
         while True:
             received = await channel.receive()
@@ -56,13 +60,14 @@ async def read_request(channel: MessageChannel, limits: SessionLimits) -> Reques
             if messages > limits.max_handshake_messages:
                 close_fds(received.fds)
                 raise HandshakeError(f"too many messages before End (limit {limits.max_handshake_messages})")
+            size += len(message.payload())
+            if size > limits.max_bytes:
+                close_fds(received.fds)
+                raise HandshakeError(f"the messages before End exceed {limits.max_bytes} bytes")
             if isinstance(message, (Arg, Env)):
                 items += 1
-                size += len(message.payload())
                 if items > limits.max_items:
                     raise HandshakeError(f"too many arguments and environment entries (limit {limits.max_items})")
-                if size > limits.max_bytes:
-                    raise HandshakeError(f"arguments and environment exceed {limits.max_bytes} bytes")
                 if isinstance(message, Arg):
                     request.argv.append(message.value)
                 else:
@@ -87,6 +92,7 @@ async def read_request(channel: MessageChannel, limits: SessionLimits) -> Reques
             elif isinstance(message, End):
                 if not request.fds:
                     raise HandshakeError("no descriptors were delegated before End")
+                handshake_finished()
                 return request
             else:
                 raise ProtocolError(f"a client may not send {type(message).__name__}")
