@@ -10,6 +10,9 @@ connections to SOCKET, all at once, and on each:
                    one connection every 5 ms
     secret SIZE    a Secret header announcing SIZE bytes, then as much of its
                    payload as the daemon takes
+    fill BYTES     the most a handshake can make the daemon keep within BYTES
+                   (its --max-bytes): 65535 two-byte Args (65536 is the
+                   default --max-items), then one Arg for the rest; no End
 
 It waits SETTLE seconds for answers, prints one JSON line ("opened", "held":
 the connections still open and unanswered, "refusals": each distinct
@@ -30,6 +33,7 @@ import time
 
 ARG, ERROR, FD, SECRET, END = 1, 6, 4, 7, 255
 CHUNK = 256 * 1024
+FILL_ITEMS = 65535
 PACE = 0.005
 
 
@@ -60,11 +64,15 @@ def main() -> None:
         elif mode == "secret":
             size = int(argument)
             pending[connection] = [struct.pack("<II", SECRET, size), size]
+        elif mode == "fill":
+            items = b"".join(message(ARG, b"%02d" % (i % 100)) for i in range(FILL_ITEMS))
+            rest = int(argument) - 2 * FILL_ITEMS
+            pending[connection] = [items + struct.pack("<II", ARG, rest), rest]
         connection.setblocking(False)
     replies = {connection: b"" for connection in connections}
     closed = set()
     deadline = time.monotonic() + settle
-    zeros = bytes(CHUNK)
+    filler = b"a" * CHUNK  # valid in a Secret and in an Arg alike
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -79,7 +87,7 @@ def main() -> None:
                     sent = connection.send(header)
                     pending[connection][0] = header[sent:]
                 elif remaining:
-                    sent = connection.send(zeros[: min(CHUNK, remaining)])
+                    sent = connection.send(filler[: min(CHUNK, remaining)])
                     pending[connection][1] -= sent
                 if not pending[connection][0] and not pending[connection][1]:
                     del pending[connection]

@@ -47,8 +47,8 @@ refused at once with a line that names it):
   --max-bytes N            bytes a client may send before End, whatever the
                            messages (default 4194304); a message announcing
                            more than is left is refused unread. Memory held by
-                           unfinished handshakes stays below about
-                           max-handshakes x (max-bytes + 1 MiB)
+                           unfinished handshakes stays below about max-handshakes
+                           x (1.5 x max-bytes + 96 x max-items + 1 MiB)
   --hangup-grace S         seconds between SIGHUP and SIGKILL when a client
                            leaves or the daemon stops (default 2)
 
