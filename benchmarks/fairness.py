@@ -11,7 +11,7 @@ well before.
 
 Then the memory bound, on fresh daemons whose --max-handshakes-per-peer is
 raised to --max-handshakes so that one holder can fill them all (and a
-handshake timeout of 120 s, so none is cut off while measured): 32
+handshake timeout of 120 s, so none is cut off while measured): 64
 connections each send a Secret of exactly --max-bytes and never End; then 4
 each send 65535 short Args and one long one, --max-bytes in all (the most
 objects a request can make the daemon keep). The growth in VmRSS per held
@@ -38,7 +38,7 @@ RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 20
 USER = sys.argv[2] if len(sys.argv) > 2 else "nobody"
 HOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_holder.py")
 TARGET = 0.050
-MAX_HANDSHAKES = 32
+MAX_HANDSHAKES = 64
 MAX_BYTES = 4 * 1024 * 1024
 MAX_ITEMS = 65536
 BOUND = MAX_HANDSHAKES * (MAX_BYTES * 3 // 2 + 96 * MAX_ITEMS + 1024 * 1024)

@@ -28,8 +28,8 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 HOLDER = str(Path(__file__).resolve().parents[2] / "benchmarks" / "_holder.py")
 # The defaults (capsudo.core.ConnectionLimits, SessionLimits).
 MAX_SESSIONS_PER_PEER = 128
-MAX_HANDSHAKES = 32
-MAX_HANDSHAKES_PER_PEER = 16
+MAX_HANDSHAKES = 64
+MAX_HANDSHAKES_PER_PEER = 32
 MAX_BYTES = 4 * 1024 * 1024
 # The bound docs/threat-model.md states for what unfinished handshakes hold:
 # max-handshakes x (1.5 x max-bytes + 96 B x max-items + 1 MiB).

@@ -37,7 +37,8 @@ class ConnectionLimits:
 
     max_sessions: int = 256
     max_sessions_per_peer: int = 128
-    # Legitimate handshakes last a millisecond or two; a connection that
-    # sends nothing holds its slot until handshake_timeout.
-    max_handshakes: int = 32
-    max_handshakes_per_peer: int = 16
+    # Legitimate handshakes last a millisecond or two, but a burst of clients
+    # (32 threads of one program) has them all in progress at once; a
+    # connection that sends nothing holds its slot until handshake_timeout.
+    max_handshakes: int = 64
+    max_handshakes_per_peer: int = 32

@@ -40,8 +40,8 @@ certificate on tls://, a context id on vsock://; a client past a limit is
 refused at once with a line that names it):
   --max-sessions N         connections served at once (default 256)
   --max-sessions-per-peer N  of those, from one peer (default 128)
-  --max-handshakes N       connections that have not sent End yet (default 32)
-  --max-handshakes-per-peer N  of those, from one peer (default 16)
+  --max-handshakes N       connections that have not sent End yet (default 64)
+  --max-handshakes-per-peer N  of those, from one peer (default 32)
   --handshake-timeout S    seconds a client has to send its request (default 10)
   --max-items N            arguments plus environment entries (default 65536)
   --max-bytes N            bytes a client may send before End, whatever the

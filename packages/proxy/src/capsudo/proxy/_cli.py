@@ -31,8 +31,8 @@ the proxy logs the original one.
   --max-sessions N       sessions at once (default 256)
   --max-sessions-per-peer N  of those, from one peer: a uid, an address, a
                          client certificate or a vsock context id (default 128)
-  --max-handshakes N     connections that have not sent End yet (default 32)
-  --max-handshakes-per-peer N  of those, from one peer (default 16)
+  --max-handshakes N     connections that have not sent End yet (default 64)
+  --max-handshakes-per-peer N  of those, from one peer (default 32)
   --handshake-timeout S  seconds a client has to send its request (default 10)
   --max-items N          arguments and environment entries a request may carry
                          (default 65536)
