@@ -141,10 +141,13 @@ def handshake_verdict(arrivals: Iterable[tuple[Message, int]], limits: SessionLi
             messages += 1
             if messages > limits.max_handshake_messages:
                 return "refused"
+            # Every message before End counts against max_bytes, a Secret as much as an Arg.
+            size += len(message.payload())
+            if size > limits.max_bytes:
+                return "refused"
             if isinstance(message, (Arg, Env)):
                 items += 1
-                size += len(message.payload())
-                if items > limits.max_items or size > limits.max_bytes:
+                if items > limits.max_items:
                     return "refused"
             elif isinstance(message, Fd):
                 if delegated or message.count != 3:

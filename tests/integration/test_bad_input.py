@@ -167,7 +167,7 @@ def test_too_many_arguments(daemon, bystander):
 def test_too_many_bytes(daemon, bystander):
     with _connect(daemon.socket) as sock:
         sock.sendall(lean.arg("x" * 60000) + lean.env("K=" + "y" * 60000))
-        _assert_refused(sock, "exceed 100000 bytes")
+        _assert_refused(sock, "the 100000 a client may send before End")
 
 
 def test_client_that_says_nothing_is_timed_out(daemon, bystander):

@@ -183,15 +183,26 @@ class SessionModel(RuleBasedStateMachine):
 
     # -- handshake -------------------------------------------------------
 
-    def _item(self, message, payload_size: int) -> bool:
-        """Send an Arg or Env; True when the model says the daemon refuses it."""
-        self.items += 1
-        self.size += payload_size
-        self._send(message)
-        if self.items > LIMITS.max_items or self.size > LIMITS.max_bytes:
+    def _counted(self, message, fds=()) -> bool:
+        """Send a message before End; True when the model says the daemon refuses it.
+
+        Every message counts against max_bytes, not only Arg and Env.
+        """
+        self.size += len(message.payload())
+        self._send(message, fds)
+        if self.size > LIMITS.max_bytes:
             self._expect_refusal()
             return True
         return False
+
+    def _item(self, message, payload_size: int) -> bool:
+        """Send an Arg or Env; True when the model says the daemon refuses it."""
+        self.items += 1
+        if self.items > LIMITS.max_items:
+            self._send(message)
+            self._expect_refusal()
+            return True
+        return self._counted(message)
 
     @precondition(lambda self: self.phase == "handshake")
     @rule(value=words)
@@ -209,25 +220,29 @@ class SessionModel(RuleBasedStateMachine):
     @precondition(lambda self: self.phase == "handshake")
     @rule(kind=st.sampled_from(SessionKind))
     def send_session_type(self, kind):
-        self._send(SessionType(kind))
+        if self._counted(SessionType(kind)):
+            return
         # The last one wins; Auto is the client's to resolve, and means plain here.
         self.interactive = kind is SessionKind.INTERACTIVE
 
     @precondition(lambda self: self.phase != "done")
     @rule(rows=st.integers(0, 300), cols=st.integers(0, 300))
     def send_winsize(self, rows, cols):
-        self._send(Winsize(rows, cols))
+        if self.phase == "handshake":
+            self._counted(Winsize(rows, cols))
+        else:
+            self._send(Winsize(rows, cols))
 
     @precondition(lambda self: self.phase == "handshake")
     @rule(secret=st.binary(max_size=16))
     def send_secret(self, secret):
-        self._send(Secret(secret))  # a daemon has no use for it and ignores it
+        self._counted(Secret(secret))  # a daemon has no use for it and ignores it, but counts it
 
     @precondition(lambda self: self.phase == "handshake" and not self.delegated)
     @rule()
     def delegate_stdio(self):
-        self._send(Fd(3), [self.stdin_read, self.stdout_write, self.stderr_write])
-        self.delegated = True
+        if not self._counted(Fd(3), [self.stdin_read, self.stdout_write, self.stderr_write]):
+            self.delegated = True
 
     @precondition(lambda self: self.phase == "handshake" and self.delegated)
     @rule()

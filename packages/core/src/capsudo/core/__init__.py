@@ -20,6 +20,7 @@ __all__ = [
     "resolve_program",
     "SAFE_PATH",
     "SessionLimits",
+    "ConnectionLimits",
     "ClientError",
     "ClientRequest",
     "build_request",
@@ -61,6 +62,7 @@ _HOME = {
     "resolve_program": "._policy",
     "SAFE_PATH": "._policy",
     "SessionLimits": "._limits",
+    "ConnectionLimits": "._limits",
     "ClientError": "._client_request",
     "ClientRequest": "._client_request",
     "build_request": "._client_request",
@@ -97,7 +99,7 @@ if TYPE_CHECKING:
                           Started)
     from ._handshake import Request, daemon_protocol, read_request
     from ._library import run
-    from ._limits import SessionLimits
+    from ._limits import ConnectionLimits, SessionLimits
     from ._options import UsageError, number_option, parse_options
     from ._policy import SAFE_PATH, Policy, attenuate, resolve_program
     from ._unix_client import SessionResult, run_unix_session

@@ -13,6 +13,7 @@ from capsudo.transport import MessageChannel, close_fds
 
 from ._descriptor_rights import descriptor_fault
 from ._limits import SessionLimits
+from ._serving import handshake_finished
 
 
 class Request(_ProtocolRequest):
@@ -34,11 +35,14 @@ def daemon_protocol(limits: SessionLimits, protocol: type[SessionProtocol] = Ses
 async def read_request(channel: MessageChannel, protocol: SessionProtocol) -> Request | None:
     """Read the configuration up to End; None when the client left before End.
 
+    Everything before End counts against the protocol's byte limit, and the
+    channel refuses a message too large for what is left before reading it.
     Raises Refused or ProtocolError; either way no descriptor leaks.
     Delegated descriptors without the rights their place needs are refused
     (see _descriptor_rights).
     """
     request = protocol.request
+    channel.limit_handshake(protocol.limits.max_bytes)
     try:
         while True:
             received = await channel.receive()
@@ -55,6 +59,7 @@ async def read_request(channel: MessageChannel, protocol: SessionProtocol) -> Re
                 if (fault := descriptor_fault(request.fds)) is not None:
                     raise Refused(reason("descriptor-rights", why=fault))
             if isinstance(event, Configured):
+                handshake_finished()
                 return request
     except BaseException:
         request.close_fds()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from capsudo.core import Policy, SessionLimits, UsageError, number_option, parse_options
+from capsudo.core import ConnectionLimits, Policy, SessionLimits, UsageError, number_option, parse_options
 
 USAGE = """\
 usage: capsudod [-S endpoint] [-f] [-E] [-e KEY=VALUE]... [-o user[:group]] [-m mode]
@@ -35,11 +35,20 @@ tls:// (all three needed; only clients whose certificate the CA signed get in):
 A tcp:// endpoint has no access control: whoever reaches the port holds the
 capability (a warning says so). Use tls:// or a Unix socket beyond loopback.
 
-limits:
-  --max-sessions N         sessions at once (default 256); more are refused
+limits (a peer: a uid on a Unix socket, an address on tcp://, a client
+certificate on tls://, a context id on vsock://; a client past a limit is
+refused at once with a line that names it):
+  --max-sessions N         connections served at once (default 256)
+  --max-sessions-per-peer N  of those, from one peer (default 128)
+  --max-handshakes N       connections that have not sent End yet (default 64)
+  --max-handshakes-per-peer N  of those, from one peer (default 32)
   --handshake-timeout S    seconds a client has to send its request (default 10)
   --max-items N            arguments plus environment entries (default 65536)
-  --max-bytes N            total bytes of those (default 4194304)
+  --max-bytes N            bytes a client may send before End, whatever the
+                           messages (default 4194304); a message announcing
+                           more than is left is refused unread. Memory held by
+                           unfinished handshakes stays below about max-handshakes
+                           x (1.5 x max-bytes + 96 x max-items + 1 MiB)
   --hangup-grace S         seconds between SIGHUP and SIGKILL when a client
                            leaves or the daemon stops (default 2)
 
@@ -55,6 +64,9 @@ SHORT = {"S": True, "f": False, "E": False, "e": True, "o": True, "m": True, "h"
 LONG = {
     "help": False,
     "max-sessions": True,
+    "max-sessions-per-peer": True,
+    "max-handshakes": True,
+    "max-handshakes-per-peer": True,
     "handshake-timeout": True,
     "max-items": True,
     "max-bytes": True,
@@ -66,6 +78,12 @@ LONG = {
     "stream-buffer": True,
 }
 CHANNEL_LIMITS = {"--max-frame": "max_frame_payload", "--stream-buffer": "stream_buffer_limit"}
+CONNECTION_LIMITS = {
+    "--max-sessions": "max_sessions",
+    "--max-sessions-per-peer": "max_sessions_per_peer",
+    "--max-handshakes": "max_handshakes",
+    "--max-handshakes-per-peer": "max_handshakes_per_peer",
+}
 
 TLS_FLAGS = ("--tls-cert", "--tls-key", "--tls-client-ca")
 
@@ -79,7 +97,7 @@ class DaemonConfig:
     mode: int = 0o770
     policy: Policy = field(default_factory=Policy)
     limits: SessionLimits = field(default_factory=SessionLimits)
-    max_sessions: int = 256
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 def _endpoint_and_tls(text: str, tls_paths: dict[str, str], socket_options: list[str]):
@@ -109,6 +127,7 @@ def parse_command_line(argv: list[str]) -> DaemonConfig | None:
     fixed_arguments = fixed_environment = False
     environment: dict[str, str] = {}
     limits: dict[str, float] = {}
+    connections: dict[str, int] = {}
     tls_paths: dict[str, str] = {}
     socket_options: list[str] = []
     for name, value in options:
@@ -142,8 +161,8 @@ def parse_command_line(argv: list[str]) -> DaemonConfig | None:
                     config.mode = parse_mode(value)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
-        elif name == "--max-sessions":
-            config.max_sessions = number_option(name, value, minimum=1)
+        elif name in CONNECTION_LIMITS:
+            connections[CONNECTION_LIMITS[name]] = number_option(name, value, minimum=1)
         elif name == "--handshake-timeout":
             limits["handshake_timeout"] = number_option(name, value, float, minimum=0.001)
         elif name == "--max-items":
@@ -163,6 +182,7 @@ def parse_command_line(argv: list[str]) -> DaemonConfig | None:
         raise UsageError(f"{(list(tls_paths) + socket_options + channel_flags)[0]} needs -S")
     config.policy = Policy(tuple(program), fixed_arguments, fixed_environment, environment)
     config.limits = SessionLimits(**limits)
+    config.connections = ConnectionLimits(**connections)
     return config
 
 
@@ -180,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ._server import ServerSettings, log, serve_listener, serve_stdin
 
-    settings = ServerSettings(config.policy, config.limits, config.max_sessions)
+    settings = ServerSettings(config.policy, config.limits, config.connections)
     if (unpinned := config.policy.unpinned_environment_warning()) is not None:
         log(f"warning: {unpinned}")
     if config.endpoint is None:

@@ -1,6 +1,6 @@
 """Serving sessions: on a listener through the shared accept loop, or one on stdin.
 
-The accept loop itself (session slots, back-off under pressure, stop on
+The accept loop itself (session and handshake slots, back-off under pressure, stop on
 SIGTERM, SIGINT or SIGHUP) is core's serve_connections; this module binds it
 to the daemon's policy and limits, and hangs running programs up on stop.
 """
@@ -15,7 +15,7 @@ from functools import partial
 
 import trio
 
-from capsudo.core import Hangup, Policy, SessionLimits, serve_session
+from capsudo.core import ConnectionLimits, Hangup, Policy, SessionLimits, serve_session
 from capsudo.core._serving import STOP_SIGNALS, Logger, serve_connections
 from capsudo.transport import UnixChannel
 
@@ -26,7 +26,7 @@ log = Logger("capsudod")
 class ServerSettings:
     policy: Policy
     limits: SessionLimits
-    max_sessions: int = 256
+    connections: ConnectionLimits = ConnectionLimits()
 
 
 async def serve_listener(listener, settings: ServerSettings) -> None:
@@ -40,7 +40,8 @@ async def serve_listener(listener, settings: ServerSettings) -> None:
         listener,
         serve_one,
         log=log,
-        max_sessions=settings.max_sessions,
+        limits=settings.connections,
+        max_handshake_bytes=settings.limits.max_bytes,
         on_stop=partial(shutdown.hang_up_all, settings.limits.hangup_grace),
         # Programs get SIGHUP at the stop and SIGKILL after the grace.
         stop_grace=settings.limits.hangup_grace,

@@ -52,6 +52,7 @@ __all__ = [
     "CLIENT",
     "DAEMON",
     "handshake",
+    "HandshakeBudget",
     # multiplexer frames
     "FrameKind",
     "Direction",
@@ -72,6 +73,7 @@ _HOME = {
         "._messages",
     ),
     "ControlDecoder": "._control",
+    "HandshakeBudget": "._budget",
     **dict.fromkeys(
         ["SessionProtocol", "HandshakeLimits", "Request", "Reason", "Refused", "reason", "reason_of",
          "Configured", "Resized", "Failed", "Challenged", "Finished", "CLIENT", "DAEMON", "handshake"],
@@ -91,6 +93,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _HOME, __all__)
 
 
 if TYPE_CHECKING:
+    from ._budget import HandshakeBudget
     from ._control import ControlDecoder
     from ._frames import (ControlFrame, Direction, FdsFrame, Frame, FrameDecoder, FrameKind,
                           StreamClose, StreamData, encode_data_header, encode_frame)

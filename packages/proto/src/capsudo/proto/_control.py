@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ._errors import ProtocolError
+from ._budget import HandshakeBudget
 from ._layout import CONTROL_HEADER_SIZE
 from ._limits import MAX_CONTROL_PAYLOAD
-from ._messages import Message, decode_header, decode_payload
+from ._messages import End, Message, decode_header, decode_payload
 
 
 class ControlDecoder:
@@ -17,10 +18,16 @@ class ControlDecoder:
     checks, and never beyond what was fed, so a hostile length field costs
     nothing. After a ProtocolError the decoder stays broken: the stream has
     lost its framing and nothing after the error can be trusted.
+
+    With a `budget`, each message is checked against what is left of it as
+    well, and charged to it once decoded.
     """
 
-    def __init__(self, max_payload: int = MAX_CONTROL_PAYLOAD, classes=None) -> None:
+    def __init__(
+        self, max_payload: int = MAX_CONTROL_PAYLOAD, budget: HandshakeBudget | None = None, classes=None
+    ) -> None:
         self.max_payload = max_payload
+        self.budget = budget
         # Type code -> message class; None for the messages of the contract.
         self.classes = classes
         self._buffer = bytearray()
@@ -50,6 +57,9 @@ class ControlDecoder:
     def _take_header(self) -> None:
         try:
             self._pending = decode_header(bytes(self._buffer[:CONTROL_HEADER_SIZE]), self.max_payload, self.classes)
+            if self.budget is not None:
+                cls, length = self._pending
+                self.budget.check(f"{cls.__name__} message", length)
         except ProtocolError as exc:
             self._broken = exc
             raise
@@ -71,10 +81,13 @@ class ControlDecoder:
         del self._buffer[:length]
         self._pending = None
         try:
-            return decode_payload(cls, payload)
+            message = decode_payload(cls, payload)
         except ProtocolError as exc:
             self._broken = exc
             raise
+        if self.budget is not None:
+            self.budget.charge(length, is_end=cls is End)
+        return message
 
     def messages(self) -> Iterator[Message]:
         """Every whole message that the bytes fed so far contain."""

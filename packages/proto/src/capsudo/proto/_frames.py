@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from typing import Union
 
 from . import _layout
+from ._budget import HandshakeBudget
 from ._control import ControlDecoder
 from ._errors import ProtocolError
-from ._layout import FDS_RECORD_SIZE, FRAME_HEADER_SIZE
-from ._limits import DEFAULT_MAX_FRAME_PAYLOAD, MAX_CONTROL_PAYLOAD
-from ._messages import Message, encode_message
+from ._layout import CONTROL_HEADER_SIZE, FDS_RECORD_SIZE, FRAME_HEADER_SIZE
+from ._limits import DATA_FRAME_SIZE, DEFAULT_MAX_FRAME_PAYLOAD, MAX_CONTROL_PAYLOAD
+from ._messages import End, Message, encode_message
 
 
 class FrameKind(enum.IntEnum):
@@ -109,10 +110,17 @@ class FrameDecoder:
     What is fed is kept as the chunks it came in, not appended to one
     buffer: a payload is copied once, out of the chunks that hold it, and a
     chunk is dropped as soon as it has been read through.
+
+    `budget` counts the control messages (HandshakeBudget); while it caps
+    them, a Control frame must fit in what is left of it, and any other
+    frame may be no larger than that or one of our data frames, so that a
+    connection still in its handshake buffers no more than its budget
+    allows whatever kind of frame it sends.
     """
 
-    def __init__(self, max_payload: int = DEFAULT_MAX_FRAME_PAYLOAD) -> None:
+    def __init__(self, max_payload: int = DEFAULT_MAX_FRAME_PAYLOAD, budget: HandshakeBudget | None = None) -> None:
         self.max_payload = max_payload
+        self.budget = budget if budget is not None else HandshakeBudget()
         self._chunks: deque[memoryview] = deque()
         self._buffered = 0
         self._pending: tuple[FrameKind, int, int] | None = None
@@ -179,6 +187,7 @@ class FrameDecoder:
                 raise ProtocolError(
                     f"frame announces {header.length} bytes, more than the limit of {self.max_payload}"
                 )
+            self._check_budget(kind, header.length)
             if kind in (FrameKind.CONTROL, FrameKind.FDS) and header.stream_id != 0:
                 raise ProtocolError(f"{kind.name} frame on stream {header.stream_id}, expected 0")
             if kind is FrameKind.STREAM_CLOSE and header.length:
@@ -194,5 +203,32 @@ class FrameDecoder:
         if kind is FrameKind.STREAM_CLOSE:
             return StreamClose(stream_id)
         if kind is FrameKind.CONTROL:
-            return _decode_control(payload)
+            frame = _decode_control(payload)
+            self.budget.charge(length - CONTROL_HEADER_SIZE, is_end=isinstance(frame.message, End))
+            return frame
         return _decode_fds(payload)
+
+    def _check_budget(self, kind: FrameKind, length: int) -> None:
+        left = self.budget.left
+        if left is None:
+            return
+        if kind is FrameKind.CONTROL:
+            self.budget.check("a control message", max(length - CONTROL_HEADER_SIZE, 0))
+        elif length > max(left, DATA_FRAME_SIZE):
+            raise ProtocolError(
+                f"{kind.name} frame announces {length} bytes before End, more than the "
+                f"{max(left, DATA_FRAME_SIZE)} allowed then"
+            )
+
+    def limit_handshake(self, limit: int | None) -> None:
+        """Cap the control bytes before End at `limit` (see HandshakeBudget.set_limit).
+
+        A frame whose header was read already is checked now; an excess
+        breaks the decoder, and the next call to next_frame() raises it.
+        """
+        self.budget.set_limit(limit)
+        try:
+            if self._pending is not None:
+                self._check_budget(self._pending[0], self._pending[2])
+        except ProtocolError as exc:
+            self._broken = exc

@@ -92,7 +92,7 @@ class Reason:
 REASONS = {
     "too-many-messages": "too many messages before End (limit {limit})",
     "too-many-items": "too many arguments and environment entries (limit {limit})",
-    "too-large": "arguments and environment exceed {limit} bytes",
+    "too-large": "the messages before End exceed {limit} bytes",
     "descriptors-twice": "descriptors were delegated twice",
     "descriptor-count": "expected 3 descriptors (stdin, stdout, stderr), got {count}",
     "no-descriptors": "no descriptors were delegated before End",
@@ -273,13 +273,15 @@ class SessionProtocol:
         self._messages += 1
         if self._messages > limits.max_messages:
             raise Refused(reason("too-many-messages", limit=limits.max_messages))
+        # Every message before End counts, a Secret as much as an Arg:
+        # whatever a connection holds before End is bounded by max_bytes.
+        self._bytes += len(message.payload() if message is not None else payload)
+        if self._bytes > limits.max_bytes:
+            raise Refused(reason("too-large", limit=limits.max_bytes))
         if type_code in (lean.ARG, lean.ENV):
             self._items += 1
-            self._bytes += len(message.payload() if message is not None else payload)
             if self._items > limits.max_items:
                 raise Refused(reason("too-many-items", limit=limits.max_items))
-            if self._bytes > limits.max_bytes:
-                raise Refused(reason("too-large", limit=limits.max_bytes))
 
     # What each message means to the daemon (a decoded message).
 

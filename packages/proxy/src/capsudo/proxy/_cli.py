@@ -29,10 +29,15 @@ the proxy logs the original one.
                          for a tls:// TARGET (default: $CAPSUDO_TLS_CERT,
                          $CAPSUDO_TLS_KEY, $CAPSUDO_TLS_CA)
   --max-sessions N       sessions at once (default 256)
+  --max-sessions-per-peer N  of those, from one peer: a uid, an address, a
+                         client certificate or a vsock context id (default 128)
+  --max-handshakes N     connections that have not sent End yet (default 64)
+  --max-handshakes-per-peer N  of those, from one peer (default 32)
   --handshake-timeout S  seconds a client has to send its request (default 10)
   --max-items N          arguments and environment entries a request may carry
                          (default 65536)
-  --max-bytes N          their total size in bytes (default 4194304)
+  --max-bytes N          bytes a client may send before End, whatever the
+                         messages (default 4194304)
   -h                     show this help
 """
 
@@ -47,6 +52,9 @@ LONG = {
     "target-tls-key": True,
     "target-tls-ca": True,
     "max-sessions": True,
+    "max-sessions-per-peer": True,
+    "max-handshakes": True,
+    "max-handshakes-per-peer": True,
     "handshake-timeout": True,
     "max-items": True,
     "max-bytes": True,

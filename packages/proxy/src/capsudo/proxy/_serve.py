@@ -46,7 +46,8 @@ async def serve_listening(settings: ProxySettings) -> int:
         return await forward_session(channel, connect, str(settings.target), settings.limits)
 
     await serve_connections(
-        listener, serve_one, log=log, max_sessions=settings.max_sessions, on_stop=None, stop_grace=0
+        listener, serve_one, log=log, limits=settings.connections, max_handshake_bytes=settings.limits.max_bytes,
+        on_stop=None, stop_grace=0,
     )
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from capsudo.core import SessionLimits, UsageError, number_option, parse_options
+from capsudo.core import ConnectionLimits, SessionLimits, UsageError, number_option, parse_options
 from capsudo.transport import DEFAULT_MODE, Endpoint, Owner, TlsOptions, parse_endpoint, parse_mode, parse_owner
 
 
@@ -17,7 +17,7 @@ class ProxySettings:
     mode: int = DEFAULT_MODE
     listen_tls: TlsOptions | None = None
     target_tls: TlsOptions | None = None
-    max_sessions: int = 256
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     limits: SessionLimits = field(default_factory=SessionLimits)
 
 
@@ -59,8 +59,11 @@ def parse_command_line(argv, short, long) -> ProxySettings | None:
         raise UsageError(str(exc)) from None
     settings.listen_tls = _tls(values.get("--tls-cert"), values.get("--tls-key"),
                                values.get("--tls-client-ca"), "--tls-cert/--tls-key/--tls-client-ca")
-    if "--max-sessions" in values:
-        settings.max_sessions = number_option("--max-sessions", values["--max-sessions"], int, 1)
+    connections = {}
+    for flag in ("--max-sessions", "--max-sessions-per-peer", "--max-handshakes", "--max-handshakes-per-peer"):
+        if flag in values:
+            connections[flag[2:].replace("-", "_")] = number_option(flag, values[flag], int, 1)
+    settings.connections = ConnectionLimits(**connections)
     limits = {}
     if "--handshake-timeout" in values:
         limits["handshake_timeout"] = number_option("--handshake-timeout", values["--handshake-timeout"], float, 0.001)

@@ -30,6 +30,20 @@ class MessageChannel(abc.ABC):
     peer: PeerCredentials | None = None
     #: Where the peer is, for logs: a path, an address.
     description: str = "?"
+    #: Who the peer is, for limits per peer: "uid 1000" on a Unix socket, the
+    #: remote address on tcp://, the certificate's subject on tls://, the
+    #: context id on vsock://; None where the transport cannot tell.
+    source: str | None = None
+
+    def limit_handshake(self, max_bytes: int | None) -> None:
+        """Cap what the peer may send in control messages before End at `max_bytes` in all.
+
+        Counted from the connection's start, whatever the messages' types;
+        a header announcing more than what is left is refused (ProtocolError
+        from receive()) before its payload is read or buffered. None lifts
+        the cap. A channel that cannot cap its reads ignores this, and the
+        handshake's own count still refuses the excess once received.
+        """
 
     @abc.abstractmethod
     async def send(self, message: Message, fds: Sequence[int] = ()) -> None:

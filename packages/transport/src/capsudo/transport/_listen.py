@@ -13,6 +13,7 @@ why) goes to the listener's on_handshake_error callback, or to the log.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import socket
@@ -106,13 +107,19 @@ class NetworkListener:
     def _describe(self, peer) -> str:
         return f"{self.endpoint.scheme} {_address_text(peer)}"
 
+    def _source(self, peer) -> str | None:
+        """The peer for limits per peer: its address without the port, or a vsock context id."""
+        return _source_address(self.endpoint.scheme, peer)
+
     async def accept(self) -> MuxChannel:
         stream = await self._listener.accept()
         try:
             peer = stream.socket.getpeername()
         except OSError:
             peer = "?"
-        return MuxChannel(stream, "accepting", description=self._describe(peer), **self._channel_options)
+        channel = MuxChannel(stream, "accepting", description=self._describe(peer), **self._channel_options)
+        channel.source = self._source(peer)
+        return channel
 
     async def aclose(self) -> None:
         await self._listener.aclose()
@@ -122,6 +129,29 @@ class NetworkListener:
 
     async def __aexit__(self, *exc_info) -> None:
         await self.aclose()
+
+
+def _source_address(scheme: str, peer) -> str | None:
+    """"tcp 192.0.2.7", "vsock 3": who a network peer is, whatever port it came from."""
+    if not isinstance(peer, tuple) or not peer:
+        return None
+    host = str(peer[0]).split("%", 1)[0]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"{scheme} {host}"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # one host, whichever family it connected with
+    return f"{scheme} {address}"
+
+
+def _certificate_source(ssl_stream: trio.SSLStream) -> str | None:
+    """"tls CN=alice": the verified client certificate's subject, or its fingerprint when it names nobody."""
+    subject = _subject(ssl_stream.getpeercert())
+    if subject != "?":
+        return f"tls {subject}"
+    der = ssl_stream.getpeercert(binary_form=True)
+    return f"tls sha256:{hashlib.sha256(der).hexdigest()}" if der else None
 
 
 def _subject(certificate: dict | None) -> str:
@@ -189,7 +219,10 @@ class TlsListener(NetworkListener):
         except trio.ClosedResourceError:
             raise trio.ClosedResourceError("the listener is closed") from None
         description = f"tls {_address_text(peer)} ({_subject(ssl_stream.getpeercert())})"
-        return MuxChannel(ssl_stream, "accepting", description=description, **self._channel_options)
+        channel = MuxChannel(ssl_stream, "accepting", description=description, **self._channel_options)
+        # The certificate, not the address: one holder is one identity, wherever it connects from.
+        channel.source = _certificate_source(ssl_stream)
+        return channel
 
     async def _accept_loop(self) -> None:
         while True:

@@ -293,6 +293,15 @@ class MuxConnection:
             raise ProtocolError(f"expected one stream, the peer announced {len(streams)}")
         return streams[0]
 
+    def limit_handshake(self, max_bytes: int | None) -> None:
+        """Cap the control bytes the peer sends before End (MessageChannel.limit_handshake).
+
+        The reader decodes ahead of receive(), so the cap is applied where
+        frames are decoded: their headers are checked before their payloads
+        are buffered.
+        """
+        self._decoder.limit_handshake(max_bytes)
+
     def start_task(self, fn, *args, name: str | None = None) -> trio.CancelScope:
         """Run `fn(*args)` beside the connection; it is cancelled when the connection closes."""
         return self._tasks.start_soon(fn, *args, name=name)

@@ -160,6 +160,9 @@ class MuxChannel(MessageChannel):
             await self._finish_sinks()
         return Received(item, [])
 
+    def limit_handshake(self, max_bytes: int | None) -> None:
+        self.connection.limit_handshake(max_bytes)
+
     async def aclose(self) -> None:
         if self._closed:
             await trio.lowlevel.checkpoint()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import trio
 
-from capsudo.proto import MAX_CONTROL_PAYLOAD, ControlDecoder, Fd, Message, ProtocolError, encode_message
+from capsudo.proto import MAX_CONTROL_PAYLOAD, ControlDecoder, Fd, HandshakeBudget, Message, ProtocolError, encode_message
 
 from ._channel import MessageChannel, Received, close_fds
 from ._credentials import peer_credentials
@@ -68,7 +68,14 @@ class UnixChannel(MessageChannel):
         except OSError:
             self.peer = None
         self.description = description or f"unix {self.peer or '?'}"
+        self.source = f"uid {self.peer.uid}" if self.peer is not None else None
+        self._budget = HandshakeBudget()
         self._send_lock = trio.Lock()
+
+    def limit_handshake(self, max_bytes: int | None) -> None:
+        # One message is read per receive() and never a byte past it, so the
+        # next decoder is the first to see the new cap.
+        self._budget.set_limit(max_bytes)
 
     def _check_open(self) -> None:
         if self.socket.fileno() == -1:
@@ -88,7 +95,7 @@ class UnixChannel(MessageChannel):
 
     async def receive(self) -> Received | None:
         self._check_open()
-        decoder = ControlDecoder(self.max_payload, self._classes)
+        decoder = ControlDecoder(self.max_payload, self._budget, self._classes)
         fds: list[int] = []
         try:
             while (wanted := decoder.needed()) > 0:
