@@ -13,8 +13,7 @@ from functools import partial
 
 import trio
 
-from capsudo.core import Hangup, Policy, SessionLimits, serve_session
-from capsudo.core._serving import ServedEndpoint
+from capsudo.core import Hangup, Policy, ServedEndpoint, SessionLimits, serve_session
 from capsudo.transport import open_unix_listener
 
 CAPSUDO = [sys.executable, "-m", "capsudo.client"]

@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import trio
 
-    from capsudo.core._serving import stop_on_signals
+    from capsudo.core import stop_on_signals
 
     from ._server import ServerSettings, log, serve_stdin, served_endpoint
 

@@ -14,8 +14,8 @@ from functools import partial
 
 import trio
 
-from capsudo.core import ConnectionLimits, Hangup, Policy, SessionLimits, serve_session
-from capsudo.core._serving import STOP_SIGNALS, Logger, ServedEndpoint
+from capsudo.core import (STOP_SIGNALS, ConnectionLimits, Hangup, Logger, Policy, ServedEndpoint, SessionLimits,
+                          serve_session)
 from capsudo.transport import UnixChannel
 
 log = Logger("capsudod")

@@ -6,7 +6,7 @@ import os
 
 import trio
 
-from capsudo.core._serving import Logger, ServedEndpoint, stop_on_signals
+from capsudo.core import Logger, ServedEndpoint, stop_on_signals
 from capsudo.transport import EndpointError, MuxChannel, connect_endpoint, exposure_warning, open_listener
 
 from ._forward import forward_session

@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from capsudo.core._serving import AcceptBackoff
+from capsudo.core import AcceptBackoff
 from capsudo.proto import Error, Exit, Message, ProtocolError, Unauthorized, reason
 from capsudo.transport import EndpointError, UnixChannel, open_unix_listener
 
