@@ -31,10 +31,26 @@ def _pipe(closing) -> tuple[int, int]:
     return r, w
 
 
-async def test_a_pipe_is_reopened_and_its_shared_flags_stay_as_they_were(closing):
+async def test_a_pipe_someone_lent_us_is_never_reopened_by_name(closing):
+    # A proxy relays a client's descriptors: opening one again through /proc
+    # would be an open() with the proxy's privilege, not the client's.
     r, w = _pipe(closing)
     writer = open_view(w, write=True)
     reader = open_view(r, read=True)
+    try:
+        assert writer.kind == reader.kind == "thread"
+        assert os.get_blocking(w) and os.get_blocking(r)
+        await writer.write_all(b"through a thread")
+        assert await reader.read(100) == b"through a thread"
+    finally:
+        writer.close()
+        reader.close()
+
+
+async def test_a_pipe_of_our_own_is_reopened_and_its_shared_flags_stay_as_they_were(closing):
+    r, w = _pipe(closing)
+    writer = open_view(w, write=True, own_descriptors=True)
+    reader = open_view(r, read=True, own_descriptors=True)
     try:
         assert writer.kind == reader.kind == "reopened"
         assert writer.fd != w and reader.fd != r
@@ -94,7 +110,7 @@ def test_a_terminal_view_for_output_cannot_read(closing):
     master, slave = os.openpty()
     closing(master)
     closing(slave)
-    view = open_view(slave, write=True)
+    view = open_view(slave, write=True, own_descriptors=True)
     try:
         assert view.kind == "reopened"
         assert fcntl.fcntl(view.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY
@@ -105,7 +121,7 @@ def test_a_terminal_view_for_output_cannot_read(closing):
 
 def test_no_more_access_than_the_caller_has(closing):
     r, _ = _pipe(closing)
-    view = open_view(r, write=True)  # a read end asked for writing is not reopened for writing
+    view = open_view(r, write=True, own_descriptors=True)  # a read end asked for writing is not reopened for writing
     try:
         assert view.kind == "thread"
         assert fcntl.fcntl(view.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY

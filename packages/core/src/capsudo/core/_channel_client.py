@@ -45,7 +45,8 @@ def run_endpoint_session(
 
     async def connect() -> MessageChannel:
         try:
-            return await connect_endpoint(endpoint, tls)
+            # Our own stdio: the channel may reopen a terminal or FIFO of ours by name.
+            return await connect_endpoint(endpoint, tls, own_descriptors=True)
         except EndpointError as exc:
             raise ClientError(str(exc)) from None
         except ValueError as exc:

@@ -6,9 +6,13 @@ terminal, a pipe inherited from a shell), and O_NONBLOCK lives on the shared
 open file description: setting it would make the next program that uses the
 terminal fail with EAGAIN. So each descriptor gets a view of its own:
 
-- a FIFO or a terminal is reopened through /proc/self/fd/N with O_NONBLOCK
-  and O_NOCTTY: a new open file description on the same pipe or terminal,
-  whose flags are ours alone;
+- a FIFO or a terminal of this process's own (`own_descriptors`, as a
+  client's stdio) is reopened through /proc/self/fd/N with O_NONBLOCK and
+  O_NOCTTY: a new open file description on the same pipe or terminal, whose
+  flags are ours alone. Never someone else's: opening by name is an open()
+  with this process's privilege, and a privileged proxy relaying a client's
+  descriptors would grant that client more than it holds (a terminal it
+  was hung up from, say);
 - a socket is used with MSG_DONTWAIT on every call, which leaves its flags
   alone;
 - a regular file (and /dev/null and its kin) never blocks for long, so plain
@@ -285,11 +289,13 @@ def _reopen_flags(read: bool, write: bool) -> int:
     return mode | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-def open_view(fd: int, *, read: bool = False, write: bool = False) -> DescriptorView:
+def open_view(fd: int, *, read: bool = False, write: bool = False, own_descriptors: bool = False) -> DescriptorView:
     """A private view of `fd` for reading, writing or both.
 
     Never changes the flags of the caller's open file description, and
-    never asks for access the caller's descriptor does not have.
+    never asks for access the caller's descriptor does not have. Only with
+    `own_descriptors` (the descriptor is this process's own, not one a peer
+    lent it) is a FIFO or terminal reopened by name.
     """
     if not (read or write):
         raise ValueError("a view is for reading, writing or both")
@@ -308,7 +314,7 @@ def open_view(fd: int, *, read: bool = False, write: bool = False) -> Descriptor
         reopenable = device != _PTMX and os.isatty(fd)
     else:
         reopenable = stat.S_ISFIFO(mode)
-    if reopenable and _access_allows(flags, read, write):
+    if own_descriptors and reopenable and _access_allows(flags, read, write):
         try:
             new_fd = os.open(f"/proc/self/fd/{fd}", _reopen_flags(read, write))
         except OSError as exc:

@@ -101,8 +101,12 @@ class MuxChannel(MessageChannel):
         description: str | None = None,
         nursery: trio.Nursery | None = None,
         probe_interval: float = DEFAULT_PROBE_INTERVAL,
+        own_descriptors: bool = False,
     ) -> None:
         self.description = description or f"multiplexed ({role})"
+        # The descriptors sent are this process's own (a client's stdio), not
+        # a peer's relayed by a proxy: see open_view.
+        self.own_descriptors = own_descriptors
         self.exit_grace = exit_grace
         self.connection = MuxConnection(
             link,
@@ -191,6 +195,7 @@ class MuxChannel(MessageChannel):
                         fd,
                         read=direction in (Direction.READ, Direction.READ_WRITE),
                         write=direction in (Direction.WRITE, Direction.READ_WRITE),
+                        own_descriptors=self.own_descriptors,
                     )
                 )
             # The Fds frame is queued before any pump starts, so the peer
