@@ -18,7 +18,8 @@ import pytest
 import trio
 
 from capsudo.core import _pty
-from capsudo.core._pty import _open_view, _PlainView, _SocketView, _ThreadedView, _View, open_pty_program
+from capsudo.core._pty import open_pty_program
+from capsudo.core._relay_views import PlainRelayView, RelayView, SocketRelayView, ThreadedRelayView, open_relay_view
 from capsudo.core._spawn import SpawnError
 from capsudo.proto import Winsize
 
@@ -278,18 +279,18 @@ async def test_views_by_kind(tmp_path):  # closing a view tells trio's loop
     views = []
     try:
         # A blocking pipe: the client's own description, left blocking, read in a thread once ready.
-        views.append(_open_view(r, True))
-        assert isinstance(views[-1], _ThreadedView) and views[-1]._pollable and views[-1].fd != r
+        views.append(open_relay_view(r, True))
+        assert isinstance(views[-1], ThreadedRelayView) and views[-1]._pollable and views[-1].fd != r
         assert os.get_blocking(r)
         os.set_blocking(w, False)
-        views.append(_open_view(w, False))  # made non-blocking by the client: used as it is
-        assert type(views[-1]) is _View and views[-1].fd != w
-        views.append(_open_view(a.fileno(), True))
-        assert isinstance(views[-1], _SocketView) and os.get_blocking(a.fileno())
-        views.append(_open_view(regular, True))
-        assert isinstance(views[-1], _ThreadedView) and not views[-1]._pollable
-        views.append(_open_view(null, True))
-        assert isinstance(views[-1], _PlainView)
+        views.append(open_relay_view(w, False))  # made non-blocking by the client: used as it is
+        assert type(views[-1]) is RelayView and views[-1].fd != w
+        views.append(open_relay_view(a.fileno(), True))
+        assert isinstance(views[-1], SocketRelayView) and os.get_blocking(a.fileno())
+        views.append(open_relay_view(regular, True))
+        assert isinstance(views[-1], ThreadedRelayView) and not views[-1]._pollable
+        views.append(open_relay_view(null, True))
+        assert isinstance(views[-1], PlainRelayView)
     finally:
         for view in views:
             view.close()
@@ -318,8 +319,8 @@ async def test_a_pipe_is_relayed_through_the_clients_own_description(monkeypatch
     out_r, out_w = os.pipe()
     for fd in (in_r, out_w):
         os.set_blocking(fd, not client_nonblocking)
-    view = _open_view(out_w, False)
-    assert type(view) is (_View if client_nonblocking else _ThreadedView)
+    view = open_relay_view(out_w, False)
+    assert type(view) is (RelayView if client_nonblocking else ThreadedRelayView)
     view.close()
     drain = Drain(out_r, delay=0.01)  # slow: the pipe fills, writes meet EAGAIN
     script = "read x; echo got $x; seq 1 30000"
@@ -458,7 +459,7 @@ async def test_silent_unpollable_stdin_does_not_hold_a_thread_after_its_session(
             out_r, out_w = os.pipe()
             drain = Drain(out_r)
             async with open_pty_program(SH, ["sh", "-c", "exit 0"], {}, [master, out_w, out_w], None) as program:
-                assert isinstance(program._source, _ThreadedView)
+                assert isinstance(program._source, ThreadedRelayView)
                 os.close(out_w)
                 with trio.fail_after(10):
                     assert await program.wait() == 0

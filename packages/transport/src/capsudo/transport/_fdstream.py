@@ -21,6 +21,12 @@ terminal fail with EAGAIN. So each descriptor gets a view of its own:
 
 A view never drops data: a descriptor that is non-blocking already (EAGAIN on
 a thread's write) is waited on, not given up on.
+
+These are the channel's views, made where descriptors enter or leave a
+multiplexed channel. The daemon's pty relay has views of its own (core's
+_relay_views), for descriptors that are always a peer's and whose regular
+files may never answer: those never reopen anything and keep even file I/O
+off the event loop.
 """
 
 from __future__ import annotations
