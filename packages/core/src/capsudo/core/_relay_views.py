@@ -24,57 +24,30 @@ import threading
 
 import trio
 
+from capsudo.transport import DescriptorView, SocketView
+
 # /dev/null, /dev/zero and their kin (the kernel's "mem" devices) never block.
 _MEM_MAJOR = 1
 
 
-class RelayView:
+class RelayView(DescriptorView):
     """One of the client's descriptors, as the relay uses it: a copy of a
-    pipe or terminal the client had already made non-blocking."""
+    pipe or terminal the client had already made non-blocking.
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    The channel's view, and one thing more: read_ready() takes what
+    wait_readable() announced, a hung-up terminal's EIO as its end.
+    """
 
-    def _try_read(self, size: int) -> bytes | None:
-        try:
-            return os.read(self.fd, size)
-        except BlockingIOError:
-            return None
-
-    def _try_write(self, data: memoryview) -> int | None:
-        try:
-            return os.write(self.fd, data)
-        except BlockingIOError:
-            return None
-
-    async def wait_readable(self) -> None:
-        await trio.lowlevel.wait_readable(self.fd)
-
-    async def _wait_writable(self) -> None:
-        await trio.lowlevel.wait_writable(self.fd)
+    kind = "relay"
 
     async def read_ready(self, size: int) -> bytes | None:
         """After wait_readable: the bytes, b"" at the end, None for "not yet"."""
         try:
-            return self._try_read(size)
+            return self.read_nowait(size)
         except OSError as exc:
             if exc.errno == errno.EIO:  # a terminal that hung up: its input is over
                 return b""
             raise
-
-    async def write_all(self, data: memoryview) -> None:
-        while data:
-            written = self._try_write(data)
-            if written is None:
-                await self._wait_writable()
-            else:
-                data = data[written:]
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            trio.lowlevel.notify_closing(fd)
-            os.close(fd)
 
 
 class PlainRelayView(RelayView):
@@ -92,7 +65,7 @@ class PlainRelayView(RelayView):
         else:
             await trio.lowlevel.checkpoint()
 
-    async def _wait_writable(self) -> None:
+    async def wait_writable(self) -> None:
         await trio.sleep(0.01)
 
     async def read_ready(self, size: int) -> bytes | None:
@@ -100,37 +73,13 @@ class PlainRelayView(RelayView):
         self._backoff = data is None
         return data
 
-    def close(self) -> None:
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
 
-
-class SocketRelayView(RelayView):
+class SocketRelayView(RelayView, SocketView):
     """A socket: MSG_DONTWAIT on each call leaves the shared description alone."""
 
     def __init__(self, fd: int) -> None:
-        super().__init__(fd)
         # Without a default timeout, wrapping does not touch O_NONBLOCK.
-        self._socket = socket.socket(fileno=fd)
-
-    def _try_read(self, size: int) -> bytes | None:
-        try:
-            return self._socket.recv(size, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return None
-
-    def _try_write(self, data: memoryview) -> int | None:
-        try:
-            return self._socket.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
-        except BlockingIOError:
-            return None
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            trio.lowlevel.notify_closing(self.fd)
-            self.fd = -1
-            self._socket.close()
+        SocketView.__init__(self, socket.socket(fileno=fd))
 
 
 class ThreadedRelayView(RelayView):

@@ -36,6 +36,7 @@ __all__ = [
     "SESSION_DIRECTIONS",
     "default_directions",
     "DescriptorView",
+    "SocketView",
     "open_view",
     # endpoints
     "Endpoint",
@@ -83,6 +84,7 @@ _HOME = {
     "SESSION_DIRECTIONS": "._mux_channel",
     "default_directions": "._mux_channel",
     "DescriptorView": "._fdstream",
+    "SocketView": "._fdstream",
     "open_view": "._fdstream",
     **dict.fromkeys(
         ["Endpoint", "UnixEndpoint", "TcpEndpoint", "TlsEndpoint", "VsockEndpoint", "SshEndpoint", "parse_endpoint"],
@@ -112,7 +114,7 @@ if TYPE_CHECKING:
                            parse_endpoint)
     from ._connect import connect_endpoint
     from ._listen import Listener, NetworkListener, TlsListener, exposure_warning, open_listener
-    from ._fdstream import DescriptorView, open_view
+    from ._fdstream import DescriptorView, SocketView, open_view
     from ._listener import EndpointError, UnixListener, open_unix_listener
     from ._mux import DEFAULT_STREAM_BUFFER, MuxConnection, MuxStream
     from ._mux_channel import DEFAULT_EXIT_GRACE, SESSION_DIRECTIONS, MuxChannel, default_directions
