@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -132,7 +133,11 @@ def test_pinned_command_across_namespaces_gives_output_and_status(crossing):
     assert result.returncode == 7, result.stderr
     assert result.stdout == b"tty:no\n"
     assert result.stderr == b"pinned-err\n"
-    # The session really came over the veth pair, from B's address.
+    # The session really came over the veth pair, from B's address; the
+    # proxy writes its line once the session is over, a moment after the client's end.
+    deadline = time.monotonic() + 5
+    while f"session from tls {ADDRESS_B}:" not in proxy_a.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert f"session from tls {ADDRESS_B}:" in proxy_a.log()
 
 
