@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import time
 import sys
+import time
 from pathlib import Path
 
 import pexpect
