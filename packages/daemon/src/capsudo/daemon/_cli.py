@@ -25,6 +25,9 @@ the client's entries (a -e entry wins over a client's entry of that name).
   -e KEY=VALUE       set an environment entry for the program (repeatable)
   -o user[:group]    owner of a Unix socket (names or numbers; :group alone)
   -m mode            octal permissions of a Unix socket (default 0770)
+  --allow-unsafe-directory
+                     listen in a directory that another user owns or that
+                     group or others may write (not sticky); refused otherwise
   -h                 show this help
 
 tls:// (all three needed; only clients whose certificate the CA signed get in):
@@ -54,6 +57,7 @@ limits of the multiplexed channel (tcp://, tls://, vsock://):
 SHORT = {"S": True, "f": False, "E": False, "e": True, "o": True, "m": True, "h": False}
 LONG = {
     "help": False,
+    "allow-unsafe-directory": False,
     "max-sessions": True,
     "handshake-timeout": True,
     "max-items": True,
@@ -77,6 +81,7 @@ class DaemonConfig:
     tls: object = None  # TlsOptions, for tls:// only
     channel_options: dict = field(default_factory=dict)  # MuxChannel limits
     mode: int = 0o770
+    allow_unsafe_directory: bool = False
     policy: Policy = field(default_factory=Policy)
     limits: SessionLimits = field(default_factory=SessionLimits)
     max_sessions: int = 256
@@ -142,6 +147,9 @@ def parse_command_line(argv: list[str]) -> DaemonConfig | None:
                     config.mode = parse_mode(value)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
+        elif name == "--allow-unsafe-directory":
+            socket_options.append(name)
+            config.allow_unsafe_directory = True
         elif name == "--max-sessions":
             config.max_sessions = number_option(name, value, minimum=1)
         elif name == "--handshake-timeout":
@@ -196,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 tls=config.tls,
                 owner=config.owner,
                 mode=config.mode,
+                allow_unsafe_directory=config.allow_unsafe_directory,
                 handshake_timeout=config.limits.handshake_timeout,
                 # A refused TLS client is one line in the log; the others go on.
                 on_handshake_error=lambda error: log(str(error)),

@@ -569,6 +569,7 @@ async def open_listener(
     tls: TlsOptions | None = None,
     owner: Owner | None = None,
     mode: int = DEFAULT_MODE,
+    allow_unsafe_directory: bool = False,
     backlog: int = 128,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     on_handshake_error: HandshakeErrorHandler | None = None,
@@ -577,7 +578,7 @@ async def open_listener(
 ) -> Listener:
     """A listener on `endpoint` whose accept() returns a MessageChannel.
 
-    unix: a UnixListener (owner and mode apply). tcp:, vsock: a
+    unix: a UnixListener (owner, mode and allow_unsafe_directory apply). tcp:, vsock: a
     NetworkListener; tls: a TlsListener, which needs `tls` with a
     certificate and key, and whose failed handshakes go to
     `on_handshake_error` (else the log) instead of out of accept(). Check
@@ -586,7 +587,9 @@ async def open_listener(
     """
     endpoint = _as_endpoint(endpoint)
     if isinstance(endpoint, UnixEndpoint):
-        return await open_unix_listener(endpoint.path, owner=owner, mode=mode, backlog=backlog)
+        return await open_unix_listener(
+            endpoint.path, owner=owner, mode=mode, backlog=backlog, allow_unsafe_directory=allow_unsafe_directory
+        )
     if owner is not None:
         raise EndpointError(f"cannot listen on {endpoint}: an owner applies only to Unix socket endpoints")
     if isinstance(endpoint, SshEndpoint):
