@@ -312,7 +312,7 @@ def test_failed_fork_fails_the_session_and_the_daemon_keeps_serving(scratch_user
     # with a low limit; processes of that user started elsewhere use it up.
     name, uid, gid = scratch_user
     as_user = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
-    os.chmod(sock_dir, 0o777)
+    os.chmod(sock_dir, 0o1777)  # sticky: a directory others may write without it is refused
     path = f"{sock_dir}/nproc.sock"
     daemon = subprocess.Popen(
         [*as_user, CAPSUDOD, "-S", path, "-m", "0777"],
