@@ -107,7 +107,7 @@ def daemons():
 
 def test_daemon_refuses_a_directory_another_user_owns_unless_told(attacker_directory, sock_dir, daemons):
     path = os.path.join(attacker_directory, "sock")
-    refused = subprocess.run([CAPSUDOD, "-S", path], capture_output=True, timeout=20)
+    refused = subprocess.run([CAPSUDOD, "-S", path], capture_output=True, timeout=10)
     assert refused.returncode == 1, refused.stderr
     lines = refused.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("capsudod: cannot listen on "), refused.stderr
@@ -136,7 +136,7 @@ def test_the_proxy_and_the_password_front_end_refuse_it_too(attacker_directory, 
     path = os.path.join(attacker_directory, "sock")
     pwauth = [str(BIN / "capsudod-pwauth"), "--service", "other", "-S", path]
     for argv in ([CAPSUDO_PROXY, "-S", path, "/nonexistent"], pwauth):
-        refused = subprocess.run(argv, capture_output=True, timeout=20)
+        refused = subprocess.run(argv, capture_output=True, timeout=10)
         program = os.path.basename(argv[0])
         assert refused.returncode == 1, refused.stderr
         assert refused.stderr.startswith(f"{program}: cannot listen on {path}: ".encode()), refused.stderr
