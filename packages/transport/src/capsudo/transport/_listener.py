@@ -46,7 +46,10 @@ def _refuse_to_clobber(path: str) -> None:
         raise EndpointError(f"cannot listen on {path}: {exc.strerror}") from None
     if not stat.S_ISSOCK(st.st_mode):
         raise EndpointError(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise EndpointError(f"cannot listen on {path}: {exc.strerror}") from None
     try:
         probe.settimeout(1.0)
         probe.connect(path)
