@@ -221,7 +221,7 @@ def process_limit(verdict: Verdict) -> None:
         print("RLIMIT_NPROC: skipped (needs root, useradd, setpriv and prlimit to run the daemon as another user)\n")
         return
     directory = tempfile.mkdtemp(prefix="capsudo-faults-")
-    os.chmod(directory, 0o777)  # the daemon, as the scratch user, binds its socket here
+    os.chmod(directory, 0o1777)  # the daemon, as the scratch user, binds its socket here (sticky, or it refuses)
     endpoint = os.path.join(directory, "endpoint")
     log_path = os.path.join(directory, "capsudod.log")
     with ScratchUser() as user, open(log_path, "wb") as log:

@@ -218,6 +218,50 @@ async def test_path_no_client_could_reach_is_an_endpoint_error(sock_dir):
     assert os.listdir(sock_dir) == []
 
 
+@pytest.mark.parametrize("mode, writers", [(0o777, "every user"), (0o770, "group"), (0o702, "every user")])
+async def test_directory_others_can_write_is_refused(sock_dir, mode, writers):
+    # Whoever can write the directory could swap what we put there.
+    os.chmod(sock_dir, mode)
+    path = os.path.join(sock_dir, "s")
+    with pytest.raises(EndpointError) as excinfo:
+        await open_unix_listener(path)
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert f"unsafe directory {sock_dir}: it is writable by " in message and writers in message and "not sticky" in message
+    assert "--allow-unsafe-directory" in message
+    assert os.listdir(sock_dir) == []
+
+
+async def test_sticky_directory_others_can_write_is_fine(sock_dir):
+    # As /tmp: there nobody but an entry's owner may rename or remove it.
+    os.chmod(sock_dir, 0o1777)
+    path = os.path.join(sock_dir, "s")
+    async with await open_unix_listener(path) as listener:
+        assert listener.owns_path()
+        assert can_connect(path)
+
+
+async def test_unsafe_directory_allowed_when_asked(sock_dir):
+    os.chmod(sock_dir, 0o777)
+    path = os.path.join(sock_dir, "s")
+    async with await open_unix_listener(path, mode=0o700, allow_unsafe_directory=True) as listener:
+        assert mode_of(path) == 0o700
+        async with await connect_unix(path) as client, await listener.accept() as server:
+            await client.send(Arg("insisted"))
+            assert (await server.receive()).message == Arg("insisted")
+    assert os.listdir(sock_dir) == []
+
+
+async def test_directory_reached_through_a_symlink_works(sock_dir):
+    # As /var/run -> /run: the parent is resolved once, then used by descriptor.
+    os.mkdir(os.path.join(sock_dir, "real"))
+    os.symlink("real", os.path.join(sock_dir, "link"))
+    async with await open_unix_listener(os.path.join(sock_dir, "link", "s")) as listener:
+        assert stat.S_ISSOCK(os.lstat(os.path.join(sock_dir, "real", "s")).st_mode)
+        assert listener.owns_path()
+    assert os.listdir(os.path.join(sock_dir, "real")) == []
+
+
 # A separate process watches the path in a tight loop while listeners are set
 # up there again and again, and reports every distinct (mode, uid, gid, is
 # socket) it saw. The window of a chmod-after-bind race is microseconds wide,

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from capsudo.transport import Owner, open_unix_listener, parse_owner
+from capsudo.transport import EndpointError, Owner, open_unix_listener, parse_owner
 from test_listener import watch_creation
 
 pytestmark = [pytest.mark.root, pytest.mark.deadline(10)]
@@ -127,4 +127,22 @@ async def test_mode_decides_not_just_the_owner(open_dir, as_user, scratch_user):
     async with await open_unix_listener(path, owner=Owner(0, 0), mode=0o777):
         code, out = as_user(path)
         assert code == 0, out
+
+
+
+async def test_directory_another_user_owns_is_refused(open_dir, scratch_user):
+    # Its owner can make it writable at any time: its mode bits promise nothing.
+    name, uid, gid = scratch_user
+    theirs = os.path.join(open_dir, "theirs")
+    os.mkdir(theirs, 0o755)
+    os.chown(theirs, uid, gid)
+    with pytest.raises(EndpointError) as excinfo:
+        await open_unix_listener(os.path.join(theirs, "s"))
+    message = str(excinfo.value)
+    assert f"unsafe directory {theirs}: it belongs to user {name} (uid {uid})" in message, message
+    assert "\n" not in message
+    assert os.listdir(theirs) == []
+    async with await open_unix_listener(os.path.join(theirs, "s"), allow_unsafe_directory=True) as listener:
+        assert listener.owns_path()
+    assert os.listdir(theirs) == []
 

@@ -25,6 +25,9 @@ the client's entries (a -e entry wins over a client's entry of that name).
   -e KEY=VALUE       set an environment entry for the program (repeatable)
   -o user[:group]    owner of a Unix socket (names or numbers; :group alone)
   -m mode            octal permissions of a Unix socket (default 0770)
+  --allow-unsafe-directory
+                     listen in a directory that another user owns or that
+                     group or others may write (not sticky); refused otherwise
   -h                 show this help
 
 tls:// (all three needed; only clients whose certificate the CA signed get in):
@@ -63,6 +66,7 @@ limits of the multiplexed channel (tcp://, tls://, vsock://):
 SHORT = {"S": True, "f": False, "E": False, "e": True, "o": True, "m": True, "h": False}
 LONG = {
     "help": False,
+    "allow-unsafe-directory": False,
     "max-sessions": True,
     "max-sessions-per-peer": True,
     "max-handshakes": True,
@@ -95,6 +99,7 @@ class DaemonConfig:
     tls: object = None  # TlsOptions, for tls:// only
     channel_options: dict = field(default_factory=dict)  # MuxChannel limits
     mode: int = 0o770
+    allow_unsafe_directory: bool = False
     policy: Policy = field(default_factory=Policy)
     limits: SessionLimits = field(default_factory=SessionLimits)
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
@@ -163,6 +168,9 @@ def parse_command_line(argv: list[str]) -> DaemonConfig | None:
                 raise UsageError(str(exc)) from None
         elif name in CONNECTION_LIMITS:
             connections[CONNECTION_LIMITS[name]] = number_option(name, value, minimum=1)
+        elif name == "--allow-unsafe-directory":
+            socket_options.append(name)
+            config.allow_unsafe_directory = True
         elif name == "--handshake-timeout":
             limits["handshake_timeout"] = number_option(name, value, float, minimum=0.001)
         elif name == "--max-items":
@@ -218,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 tls=config.tls,
                 owner=config.owner,
                 mode=config.mode,
+                allow_unsafe_directory=config.allow_unsafe_directory,
                 handshake_timeout=config.limits.handshake_timeout,
                 # A refused TLS client is one line in the log; the others go on.
                 on_handshake_error=lambda error: log(str(error)),

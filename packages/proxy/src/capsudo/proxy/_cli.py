@@ -23,6 +23,10 @@ the proxy logs the original one.
                          side of a multiplexed channel (what ssh:// runs)
   -o user[:group]        owner of a Unix LISTEN socket
   -m mode                octal permissions of a Unix LISTEN socket (default 0770)
+  --allow-unsafe-directory
+                         put a Unix LISTEN socket in a directory that another
+                         user owns or that group or others may write (not
+                         sticky); refused otherwise
   --tls-cert F, --tls-key F, --tls-client-ca F
                          certificate, key and client CA for a tls:// LISTEN
   --target-tls-cert F, --target-tls-key F, --target-tls-ca F
@@ -45,6 +49,7 @@ SHORT = {"S": True, "o": True, "m": True, "h": False}
 LONG = {
     "help": False,
     "stdio": False,
+    "allow-unsafe-directory": False,
     "tls-cert": True,
     "tls-key": True,
     "tls-client-ca": True,

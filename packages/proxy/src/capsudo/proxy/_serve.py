@@ -24,7 +24,8 @@ def _connector(settings: ProxySettings):
 
 async def serve_listening(settings: ProxySettings) -> int:
     try:
-        listener = await open_listener(settings.listen, tls=settings.listen_tls, owner=settings.owner, mode=settings.mode)
+        listener = await open_listener(settings.listen, tls=settings.listen_tls, owner=settings.owner, mode=settings.mode,
+                                       allow_unsafe_directory=settings.allow_unsafe_directory)
     except EndpointError as exc:
         log(str(exc))
         return 1

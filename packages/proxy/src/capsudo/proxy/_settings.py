@@ -15,6 +15,7 @@ class ProxySettings:
     stdio: bool = False
     owner: Owner | None = None
     mode: int = DEFAULT_MODE
+    allow_unsafe_directory: bool = False
     listen_tls: TlsOptions | None = None
     target_tls: TlsOptions | None = None
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
@@ -52,6 +53,7 @@ def parse_command_line(argv, short, long) -> ProxySettings | None:
             settings.owner = parse_owner(values["-o"])
         if "-m" in values:
             settings.mode = parse_mode(values["-m"])
+        settings.allow_unsafe_directory = "--allow-unsafe-directory" in values
         target_tls = _tls(values.get("--target-tls-cert"), values.get("--target-tls-key"),
                           values.get("--target-tls-ca"), "--target-tls-*")
         settings.target_tls = target_tls or TlsOptions.from_environment()

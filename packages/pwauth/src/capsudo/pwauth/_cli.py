@@ -22,6 +22,9 @@ session as if the client had come straight to it.
   -S endpoint        listen on this Unix socket (a path or unix:///path)
   -o user[:group]    owner of the socket (names or numbers; :group alone)
   -m mode            octal permissions of the socket (default 0770)
+  --allow-unsafe-directory
+                     listen in a directory that another user owns or that
+                     group or others may write (not sticky); refused otherwise
   --service NAME     PAM service, /etc/pam.d/NAME must exist (default {DEFAULT_SERVICE})
   -h                 show this help
 
@@ -43,6 +46,7 @@ limits:
 SHORT = {"S": True, "o": True, "m": True, "h": False}
 LONG = {
     "help": False,
+    "allow-unsafe-directory": False,
     "service": True,
     "handshake-timeout": True,
     "fail-delay": True,
@@ -101,6 +105,8 @@ def parse_command_line(argv: list[str]) -> FrontEndSettings | None:
                     settings.mode = parse_mode(value)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
+        elif name == "--allow-unsafe-directory":
+            settings.allow_unsafe_directory = True
         elif name == "--service":
             # The name becomes a file name under /etc/pam.d.
             if not value or "/" in value or value.startswith("."):

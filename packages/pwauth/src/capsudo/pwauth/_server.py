@@ -333,7 +333,8 @@ async def _drain(sock: trio.socket.SocketType) -> None:
 
 async def run_front_end(settings: FrontEndSettings) -> int:
     try:
-        listener = await open_unix_listener(settings.endpoint, owner=settings.owner, mode=settings.mode)
+        listener = await open_unix_listener(settings.endpoint, owner=settings.owner, mode=settings.mode,
+                                            allow_unsafe_directory=settings.allow_unsafe_directory)
     except EndpointError as exc:
         log(str(exc))
         return 1

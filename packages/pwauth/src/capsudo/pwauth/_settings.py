@@ -24,6 +24,8 @@ class FrontEndSettings:
     endpoint: str = ""
     owner: object = None
     mode: int = 0o770
+    # Listen even where another user could swap files beside the socket.
+    allow_unsafe_directory: bool = False
     service: str = DEFAULT_SERVICE
     command: tuple[str, ...] = DEFAULT_COMMAND
     # Seconds a client has, once connected, to send its first message.

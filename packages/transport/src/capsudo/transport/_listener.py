@@ -4,23 +4,24 @@ The socket is bound inside a fresh private directory beside its final path,
 given its owner and mode there, and only then renamed into place: at no
 instant can anyone else connect to it under the wrong permissions.
 
-Every step inside the private directory goes through a descriptor of it,
-never through its name: the directory lies beside the endpoint, where
-another user may be able to rename things, and a name swapped for a
-directory of theirs (holding a symlink called `socket`) must not make root
-change the owner or mode of a file they chose. And a directory that other
-users can write without the sticky bit (like sshd's StrictModes, every
-directory from / down to the socket's) is refused at start, unless the
-operator allows it: whoever can write there can replace the socket itself.
+Every step after the parent directory is opened goes through descriptors
+(the parent's and the private directory's), never through a name that
+someone else could swap in between: in a directory another user can write,
+they could otherwise exchange the private directory for one of theirs whose
+`socket` is a symlink, and root would chown and chmod a file of their
+choosing. Such a directory is refused at the start unless the caller insists
+(allow_unsafe_directory), as sshd's StrictModes refuses a writable home.
 """
 
 from __future__ import annotations
 
 import errno
+import grp
 import os
+import pwd
+import secrets
 import socket
 import stat
-import tempfile
 
 import trio
 
@@ -36,41 +37,19 @@ class EndpointError(Exception):
     """The endpoint cannot be set up; the message says why, on one line."""
 
 
-def unsafe_directory(directory: str) -> str | None:
-    """Why a socket in `directory` could be replaced by another user; None when it cannot.
-
-    Looks at the directory and each one above it, as the kernel resolves
-    them: owned by root or by us, and writable by no one else unless the
-    sticky bit keeps others from renaming what is not theirs (as in /tmp).
-    """
-    me = os.geteuid()
-    current = os.path.realpath(directory)
-    while True:
-        try:
-            st = os.stat(current)
-        except FileNotFoundError:
-            return None  # nothing to listen in: creating the socket says so
-        except OSError as exc:
-            return f"{current} cannot be examined: {exc.strerror}"
-        if st.st_uid not in (0, me):
-            return f"{current} belongs to uid {st.st_uid}, who could replace what is in it"
-        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
-            who = "other users" if st.st_mode & stat.S_IWOTH else "its group"
-            return f"{current} is writable by {who} and not sticky: they could replace the socket"
-        parent = os.path.dirname(current)
-        if parent == current:
-            return None
-        current = parent
-
-
 def _refuse_to_clobber(path: str) -> None:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return
+    except OSError as exc:
+        raise EndpointError(f"cannot listen on {path}: {exc.strerror}") from None
     if not stat.S_ISSOCK(st.st_mode):
         raise EndpointError(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise EndpointError(f"cannot listen on {path}: {exc.strerror}") from None
     try:
         probe.settimeout(1.0)
         probe.connect(path)
@@ -86,12 +65,16 @@ def _refuse_to_clobber(path: str) -> None:
 class UnixListener:
     """Accepts connections on a Unix socket path and removes it when closed."""
 
-    def __init__(self, sock: socket.socket, path: str, **channel_options) -> None:
+    def __init__(self, sock: socket.socket, path: str, *, identity: tuple[int, int] | None = None,
+                 **channel_options) -> None:
         self.socket = sock
         self._accepting = EagerSocket(sock)
         self.path = path
-        st = os.lstat(path)
-        self._identity = (st.st_dev, st.st_ino)
+        if identity is None:
+            st = os.lstat(path)
+            identity = (st.st_dev, st.st_ino)
+        # (st_dev, st_ino) of the socket file we made, to know it from a successor's.
+        self._identity = identity
         self._channel_options = channel_options
 
     async def accept(self) -> UnixChannel:
@@ -106,6 +89,10 @@ class UnixListener:
 
     async def aclose(self) -> None:
         # Only our own socket is removed: a successor may have replaced it.
+        # By name, between a check and the unlink: only someone who can write
+        # the directory can swap the entry in between, and open_unix_listener
+        # refuses such a directory unless told to allow it; even then, all
+        # this can remove is an entry that whoever swapped it could remove too.
         if self.socket.fileno() != -1 and self.owns_path():
             os.unlink(self.path)
         if self.socket.fileno() != -1:
@@ -121,6 +108,105 @@ class UnixListener:
         await self.aclose()
 
 
+def _user_name(uid: int) -> str:
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return f"group {grp.getgrgid(gid).gr_name} (gid {gid})"
+    except KeyError:
+        return f"gid {gid}"
+
+
+def _unsafe_because(st: os.stat_result) -> str | None:
+    """Why a directory lets someone else replace entries in it; None if nobody can.
+
+    Its owner can change its mode at will, so it must be root or us. A
+    group-writable directory is refused as well, even if the operator trusts
+    the group: every member could take the endpoint's name (remove the
+    socket, or put one of their own there for clients to lend their
+    descriptors to), a power the socket's mode does not give them. A sticky
+    directory (/tmp) is safe: there only an entry's owner may rename or
+    remove it.
+    """
+    if st.st_uid not in (0, os.geteuid()):
+        return f"it belongs to {_user_name(st.st_uid)}, who can change its permissions at will"
+    if st.st_mode & stat.S_ISVTX:
+        return None
+    writers = []
+    if st.st_mode & stat.S_IWGRP:
+        writers.append(_group_name(st.st_gid))
+    if st.st_mode & stat.S_IWOTH:
+        writers.append("every user")
+    if writers:
+        return f"it is writable by {' and '.join(writers)} and not sticky, so others can replace what is put in it"
+    return None
+
+
+class _Replaced(Exception):
+    """A name we had just made turned out to be someone else's file."""
+
+
+def _open_directory(directory: str, path: str, allow_unsafe: bool) -> int:
+    try:
+        # The one name we resolve: the parent itself may be a symlink (/var/run).
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise EndpointError(f"cannot create a socket in {directory}: {exc.strerror}") from None
+    try:
+        reason = None if allow_unsafe else _unsafe_because(os.fstat(fd))
+    except OSError as exc:
+        os.close(fd)
+        raise EndpointError(f"cannot create a socket in {directory}: {exc.strerror}") from None
+    if reason is not None:
+        os.close(fd)
+        raise EndpointError(
+            f"cannot listen on {path}: refusing the unsafe directory {directory}: {reason}; "
+            "use a directory that only root or this process's user can change, or --allow-unsafe-directory"
+        )
+    return fd
+
+
+def _make_private_directory(parent_fd: int, directory: str) -> tuple[str, int]:
+    """A fresh directory in parent_fd, 0700, and a descriptor of it checked to be ours."""
+    for _ in range(100):
+        name = f".capsudo-{secrets.token_hex(6)}"
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(errno.EEXIST, f"no free name for a staging directory in {directory}")
+    # Between mkdir and open, a user who can write the parent may have put
+    # another directory under that name: what we opened must be ours and private.
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        os.close(fd)
+        raise _Replaced(f"the staging directory {os.path.join(directory, name)} was replaced by someone else's")
+    return name, fd
+
+
+def _chmod_socket(private_fd: int, mode: int) -> None:
+    try:
+        os.chmod("socket", mode, dir_fd=private_fd, follow_symlinks=False)
+        return
+    except (NotImplementedError, ValueError):
+        # Python raises these where the C library cannot chmod without
+        # following (older glibc, musl), and for a symlink. Our private
+        # directory lets nobody else add an entry, so what is there now is
+        # what chmod would reach: a socket, or we refuse.
+        pass
+    if not stat.S_ISSOCK(os.stat("socket", dir_fd=private_fd, follow_symlinks=False).st_mode):
+        raise _Replaced("the socket in the staging directory was replaced by another kind of file")
+    os.chmod("socket", mode, dir_fd=private_fd)
+
+
 async def open_unix_listener(
     path: str,
     *,
@@ -130,69 +216,108 @@ async def open_unix_listener(
     allow_unsafe_directory: bool = False,
     **channel_options,
 ) -> UnixListener:
-    """Listen on `path` with exactly this owner and mode; EndpointError with one line otherwise.
+    """A UnixListener at `path`, with `owner` and `mode` from its first instant.
 
-    `allow_unsafe_directory` accepts a directory (or one above it) that other
-    users could write: the operator's word that they are trusted.
+    The directory of `path` must not let anyone but root and us replace its
+    entries, unless allow_unsafe_directory. Every failure is an EndpointError.
     """
     path = os.path.abspath(path)
     if len(os.fsencode(path)) > _SUN_PATH_MAX:
         raise EndpointError(f"cannot listen on {path}: longer than the {_SUN_PATH_MAX} bytes a socket address holds")
-    directory = os.path.dirname(path)
-    if not allow_unsafe_directory and (why := unsafe_directory(directory)) is not None:
-        raise EndpointError(f"refusing to listen on {path}: {why} (--allow-unsafe-directory to accept it)")
-    _refuse_to_clobber(path)
+    directory, name = os.path.split(path)
+    parent_fd = _open_directory(directory, path, allow_unsafe_directory)
     try:
-        private = tempfile.mkdtemp(prefix=".capsudo-", dir=directory)
-    except OSError as exc:
-        raise EndpointError(f"cannot create a socket in {directory}: {exc.strerror}") from None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    staged = False
-    directory_fd = -1
-    try:
-        directory_fd = _open_private(private)
-        # Bound through the descriptor's own name in /proc, which no rename
-        # elsewhere can redirect (and which keeps the address short).
-        sock.bind(f"/proc/self/fd/{directory_fd}/socket")
-        staged = True
-        if owner is not None:
-            os.chown("socket", -1 if owner.uid is None else owner.uid, -1 if owner.gid is None else owner.gid,
-                     dir_fd=directory_fd, follow_symlinks=False)
-        # Only we can write in the private directory: "socket" is our socket.
-        os.chmod("socket", mode, dir_fd=directory_fd)
-        sock.listen(backlog)
-        os.rename("socket", path, src_dir_fd=directory_fd)
-        staged = False
-    except (OSError, EndpointError) as exc:
-        sock.close()
-        if isinstance(exc, EndpointError):
-            raise
-        raise EndpointError(f"cannot listen on {path}: {exc.strerror or exc}") from None
+        _refuse_to_clobber(path)
+        sock, identity = _place_socket(parent_fd, directory, name, owner, mode, backlog)
     finally:
-        _clean_up(private, directory_fd, staged)
-    return UnixListener(sock, path, **channel_options)
+        os.close(parent_fd)
+    return UnixListener(sock, path, identity=identity, **channel_options)
 
 
-def _open_private(private: str) -> int:
-    """A descriptor of the staging directory we just made, checked to be ours and private."""
-    fd = os.open(private, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    st = os.fstat(fd)
-    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        os.close(fd)
-        raise EndpointError(f"the staging directory {private} was replaced while the socket was made; refusing")
-    return fd
+def _place_socket(parent_fd: int, directory: str, name: str, owner: Owner | None, mode: int, backlog: int):
+    """A listening socket at `name` in parent_fd, given its owner and mode before it got there.
 
-
-def _clean_up(private: str, directory_fd: int, staged: bool) -> None:
-    """Remove what staging left; quietly, since another user may have moved things meanwhile."""
-    if directory_fd >= 0:
-        if staged:
-            try:
-                os.unlink("socket", dir_fd=directory_fd)
-            except OSError:
-                pass
-        os.close(directory_fd)
+    Returns the socket and the (st_dev, st_ino) of its file.
+    """
+    path = os.path.join(directory, name)
     try:
-        os.rmdir(private)
+        private, private_fd = _make_private_directory(parent_fd, directory)
+    except OSError as exc:
+        raise EndpointError(f"cannot create a socket in {directory}: {exc.strerror or exc}") from None
+    except _Replaced as exc:
+        raise EndpointError(f"cannot listen on {path}: {exc}") from None
+    sock = None
+    identity = None
+    failure: OSError | _Replaced | None = None
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Through the descriptor: the socket is made in the directory we
+        # checked, whatever its name leads to by now. The alias is short, too,
+        # so every path that fits in sun_path works.
+        sock.bind(f"/proc/self/fd/{private_fd}/socket")
+        if owner is not None:
+            os.chown(
+                "socket",
+                -1 if owner.uid is None else owner.uid,
+                -1 if owner.gid is None else owner.gid,
+                dir_fd=private_fd,
+                follow_symlinks=False,
+            )
+        _chmod_socket(private_fd, mode)
+        sock.listen(backlog)
+        st = os.stat("socket", dir_fd=private_fd, follow_symlinks=False)
+        # The one step that names an entry of the parent: rename replaces
+        # whatever is at `name` and never follows a symlink there.
+        os.rename("socket", name, src_dir_fd=private_fd, dst_dir_fd=parent_fd)
+        identity = (st.st_dev, st.st_ino)
+    except (OSError, _Replaced) as exc:
+        failure = exc
+    cleanup_failure = _remove_private_directory(parent_fd, directory, private, private_fd)
+    failure = failure or cleanup_failure
+    if failure is not None:
+        if sock is not None:
+            sock.close()
+        if identity is not None:
+            _unlink_if_ours(parent_fd, name, identity)
+        reason = (failure.strerror or failure) if isinstance(failure, OSError) else failure
+        raise EndpointError(f"cannot listen on {path}: {reason}")
+    return sock, identity
+
+
+def _remove_private_directory(parent_fd: int, directory: str, name: str, fd: int) -> OSError | _Replaced | None:
+    """Empty the staging directory through its descriptor, then remove it; what went wrong, if anything."""
+    failure = None
+    try:
+        os.unlink("socket", dir_fd=fd)  # still there if we failed before the rename
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        failure = exc
+    try:
+        ours = os.fstat(fd)
+        try:
+            there = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            there = None
+        if there is None or (there.st_dev, there.st_ino) != (ours.st_dev, ours.st_ino):
+            # Swapped by someone who can write the parent: ours stays, empty, under
+            # another name, and theirs is none of our business.
+            swapped = f"the staging directory {os.path.join(directory, name)} was swapped by a user who can write it"
+            return failure or _Replaced(swapped)
+        # rmdir only takes a name. If it is swapped in between, what goes is an
+        # empty directory in a parent that whoever swapped it can write anyway.
+        os.rmdir(name, dir_fd=parent_fd)
+    except OSError as exc:
+        failure = failure or exc
+    finally:
+        os.close(fd)
+    return failure
+
+
+def _unlink_if_ours(parent_fd: int, name: str, identity: tuple[int, int]) -> None:
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) == identity:
+            os.unlink(name, dir_fd=parent_fd)
     except OSError:
-        pass  # swapped away or no longer empty: not ours to chase
+        pass  # not ours any more, or gone: nothing of ours to remove
