@@ -63,3 +63,19 @@ def test_every_public_name_resolves(package):
     assert sorted(dir(module)) == sorted(module.__all__)
     with pytest.raises(AttributeError):
         getattr(module, "no_such_name")
+
+
+def test_no_package_imports_a_private_module_of_another():
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "packages"
+    private = re.compile(r"^\s*(?:from|import)\s+capsudo\.([a-z]+)\.(_[a-z_]+)", re.M)
+    offenders = []
+    for source in root.glob("*/src/capsudo/*/**/*.py"):
+        own = source.relative_to(root).parts[3]
+        for package, module in private.findall(source.read_text()):
+            # proto's lazy-export helper is shared by every package's __init__ by design.
+            if package != own and (package, module) != ("proto", "_lazy"):
+                offenders.append(f"{source.relative_to(root)} imports capsudo.{package}.{module}")
+    assert offenders == []

@@ -34,7 +34,7 @@ async def serve(sock_dir, nursery):
         path = os.path.join(sock_dir, "fe.sock")
         config = FrontEndSettings(endpoint=path, command=("/bin/true",), **settings)
         listener = await open_unix_listener(path)
-        nursery.start_soon(FrontEnd(config, check=check).serve, listener)
+        await nursery.start(FrontEnd(config, check=check).run, listener)
         return path
 
     return start

@@ -114,7 +114,7 @@ def _tls_options(endpoint: str, tls_paths: dict[str, str]):
 
 
 def _ask_secret(prompt: str) -> bytes:
-    from capsudo.core._secret_prompt import ask_secret
+    from capsudo.core import ask_secret
 
     return ask_secret(prompt)
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
-        from capsudo.core._terminal import Interrupted
+        from capsudo.core import Interrupted
 
         if isinstance(exc, Interrupted):
             return 128 + exc.signum

@@ -33,6 +33,16 @@ __all__ = [
     "run",
     "serve_session",
     "Hangup",
+    # serving endpoints
+    "serve",
+    "ServedEndpoint",
+    "stop_on_signals",
+    "STOP_SIGNALS",
+    "AcceptBackoff",
+    "Logger",
+    # the terminal and the password prompt, for the command line
+    "ask_secret",
+    "Interrupted",
     "read_request",
     "daemon_protocol",
     "Request",
@@ -74,6 +84,10 @@ _HOME = {
     "run_endpoint_session": "._channel_client",
     "run": "._library",
     "serve_session": "._daemon_session",
+    **dict.fromkeys(["serve", "ServedEndpoint", "stop_on_signals", "STOP_SIGNALS", "AcceptBackoff", "Logger"],
+                    "._serving"),
+    "ask_secret": "._secret_prompt",
+    "Interrupted": "._terminal",
     "Hangup": "._daemon_session",
     **dict.fromkeys(["read_request", "daemon_protocol", "Request"], "._handshake"),
     **dict.fromkeys(["Asked", "Allow", "Refuse", "Decision", "attenuating"], "._decision"),
@@ -94,6 +108,9 @@ if TYPE_CHECKING:
                                   default_endpoint, forwarded_environment)
     from ._channel_client import run_endpoint_session
     from ._daemon_session import Hangup, serve_session
+    from ._secret_prompt import ask_secret
+    from ._serving import STOP_SIGNALS, AcceptBackoff, Logger, ServedEndpoint, serve, stop_on_signals
+    from ._terminal import Interrupted
     from ._decision import Allow, Asked, Decision, Refuse, attenuating
     from ._events import (Accepted, Decided, Ended, EventSink, Requested, SessionEvent, SessionRecord,
                           Started)

@@ -1,11 +1,16 @@
-"""Serving many sessions on a listener: the accept loop shared by the daemons.
+"""Serving many sessions on a listener: the accept loop, and an endpoint that starts and stops.
 
-Sessions run side by side, within the slots of ConnectionLimits: sessions
-and handshakes in all and per peer. A client past any of them is told which
-and turned away at once, holding no slot. When accept() runs out of
-resources (descriptors, memory) the loop backs off instead of spinning.
-SIGTERM, SIGINT or SIGHUP stop it: no more accepting, running sessions are
-asked to hang up, and those still around after the grace are cancelled.
+`serve()` accepts and runs a handler per connection, within the slots of
+ConnectionLimits: sessions and handshakes in all and per peer. A client past
+any of them is told which and turned away at once, holding no slot. When
+accept() runs out of resources (descriptors, memory) the loop backs off
+instead of spinning. It knows nothing of signals and stops when cancelled.
+
+`ServedEndpoint` is one listener with its sessions, as an object to start
+and stop: a command, a process serving many endpoints, or a test. Stopping
+it closes the listener, asks the running sessions to hang up, and cancels
+those still around after the grace. Signals are for a command's main() to
+turn into stops (stop_on_signals).
 
 A connection leaves its handshake slot when read_request() has its End: the
 slot travels with the session's task (a context variable), so that the
@@ -38,8 +43,6 @@ TURN_AWAY_LINGER = 1.0
 # costs no more than this many descriptors for a second.
 MAX_LINGERING = 64
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-ServeOne = Callable[[MessageChannel], Awaitable[object]]
 
 
 class Logger:
@@ -182,23 +185,33 @@ class AcceptBackoff:
             return connection
 
 
-async def serve_connections(
-    listener,
-    serve_one: ServeOne,
-    *,
-    log: Logger,
-    limits: ConnectionLimits,
-    max_handshake_bytes: int | None,
-    on_stop: Callable[[], Awaitable[object]] | None,
-    stop_grace: float,
-) -> None:
-    """Accept and serve until a stop signal; `serve_one` returns the session's log line.
+Handler = Callable[[MessageChannel], Awaitable[object]]
 
-    Each connection may send `max_handshake_bytes` before End, capped from
-    its first byte. At the stop, `on_stop` runs beside the sessions still
-    going (to hang their programs up); whatever has not ended `stop_grace`
-    plus a moment later is cancelled.
+
+async def serve(
+    listener,
+    handler: Handler,
+    *,
+    log: Callable[[str], None],
+    limits: ConnectionLimits = ConnectionLimits(),
+    max_handshake_bytes: int | None = None,
+    handler_nursery: trio.Nursery | None = None,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept connections and run `handler` on each, within `limits`, until cancelled.
+
+    In the manner of trio's serve_listeners: no signals, no shutdown policy.
+    Readiness is reported through `task_status` once the loop accepts.
+    Handlers run in `handler_nursery` (by default one of serve's own, so
+    that cancelling serve cancels them too); what a handler returns, when
+    not None, is its session's log line. Each connection may send
+    `max_handshake_bytes` before End, capped from its first byte.
     """
+    async with trio.open_nursery() as own:
+        await _accept_loop(listener, handler, log, limits, max_handshake_bytes, handler_nursery or own, task_status)
+
+
+async def _accept_loop(listener, handler, log, limits, max_handshake_bytes, nursery, task_status) -> None:
     slots = Slots(limits)
     pressure = AcceptBackoff(log)
     lingering = 0
@@ -206,10 +219,11 @@ async def serve_connections(
     async def run_one(channel: MessageChannel, slot: Slot) -> None:
         _current_slot.set(slot)
         try:
-            outcome = await serve_one(channel)
+            outcome = await handler(channel)
         finally:
             slot.release()
-        log(str(outcome))
+        if outcome is not None:
+            log(str(outcome))
 
     async def refuse(channel: MessageChannel, reason: str) -> None:
         nonlocal lingering
@@ -220,33 +234,79 @@ async def serve_connections(
         finally:
             lingering -= linger
 
-    async with trio.open_nursery() as sessions:
-        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
-            async with trio.open_nursery() as accepting:
+    task_status.started()
+    while True:
+        channel = await pressure.accept(listener)
+        # Before any checkpoint: a multiplexer's reader, started with the
+        # channel, has not read a byte yet.
+        channel.limit_handshake(max_handshake_bytes)
+        reason = slots.refusal(channel.source)
+        if reason is not None:
+            log(f"session {channel.peer or channel.description} refused: {reason}")
+            nursery.start_soon(refuse, channel, reason)
+            continue
+        nursery.start_soon(run_one, channel, slots.admit(channel.source))
 
-                async def stop_on_signal() -> None:
-                    async for signum in signals:
-                        log(f"{signal.Signals(signum).name}: stopping, hanging up running programs")
-                        accepting.cancel_scope.cancel()
-                        return
 
-                async def accept_loop() -> None:
-                    while True:
-                        channel = await pressure.accept(listener)
-                        # Before any checkpoint: a multiplexer's reader, started
-                        # with the channel, has not read a byte yet.
-                        channel.limit_handshake(max_handshake_bytes)
-                        reason = slots.refusal(channel.source)
-                        if reason is not None:
-                            log(f"session {channel.peer or channel.description} refused: {reason}")
-                            sessions.start_soon(refuse, channel, reason)
-                            continue
-                        sessions.start_soon(run_one, channel, slots.admit(channel.source))
+class ServedEndpoint:
+    """One listener and the sessions it accepted, started and stopped as one.
 
-                accepting.start_soon(stop_on_signal)
-                accepting.start_soon(accept_loop)
-        await listener.aclose()
-        if on_stop is not None:
-            sessions.start_soon(on_stop)
-        # What has not ended by the grace (plus a moment) is cut off.
-        sessions.cancel_scope.deadline = trio.current_time() + stop_grace + 1
+    A command, a supervisor of many endpoints or a test runs it
+    (`await nursery.start(endpoint.run)`) and stops it (`endpoint.stop()`):
+    the listener closes at once, `hang_up` asks the running sessions to end
+    (their programs get SIGHUP), and whatever is left after `grace` (plus a
+    moment) is cancelled. Cancelling `run` instead ends everything at once.
+    """
+
+    def __init__(
+        self,
+        listener,
+        handler: Handler,
+        *,
+        log: Callable[[str], None],
+        limits: ConnectionLimits = ConnectionLimits(),
+        max_handshake_bytes: int | None = None,
+        hang_up: Callable[[], Awaitable[object]] | None = None,
+        grace: float = 0.0,
+    ) -> None:
+        self.listener = listener
+        self._handler = handler
+        self._log = log
+        self._limits = limits
+        self._max_handshake_bytes = max_handshake_bytes
+        self._hang_up = hang_up
+        self._grace = grace
+        self._accepting = trio.CancelScope()
+        self.stopped = trio.Event()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until stop(); returns when every session has ended or been cut off."""
+        try:
+            async with trio.open_nursery() as sessions:
+                with self._accepting:
+                    await serve(self.listener, self._handler, log=self._log, limits=self._limits,
+                                max_handshake_bytes=self._max_handshake_bytes, handler_nursery=sessions,
+                                task_status=task_status)
+                await self.listener.aclose()
+                if self._hang_up is not None:
+                    sessions.start_soon(self._hang_up)
+                # What has not ended by the grace (plus a moment) is cut off.
+                sessions.cancel_scope.deadline = trio.current_time() + self._grace + 1
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.listener.aclose()
+            self.stopped.set()
+
+    def stop(self) -> None:
+        """Stop accepting and wind the sessions down (see the class); returns at once."""
+        self._accepting.cancel()
+
+
+async def stop_on_signals(log: Callable[[str], None], endpoints, signals=STOP_SIGNALS) -> None:
+    """Wait for SIGTERM, SIGINT or SIGHUP, then stop every endpoint; for a command's main() alone."""
+    with trio.open_signal_receiver(*signals) as received:
+        async for signum in received:
+            log(f"{signal.Signals(signum).name}: stopping, hanging up running programs")
+            for endpoint in endpoints:
+                endpoint.stop()
+            return

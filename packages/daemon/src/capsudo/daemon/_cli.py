@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import trio
 
-    from ._server import ServerSettings, log, serve_listener, serve_stdin
+    from capsudo.core import stop_on_signals
+
+    from ._server import ServerSettings, log, serve_stdin, served_endpoint
 
     settings = ServerSettings(config.policy, config.limits, config.connections)
     if (unpinned := config.policy.unpinned_environment_warning()) is not None:
@@ -228,7 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         if warning:
             log(f"warning: {warning}")
         log(f"listening on {_bound_address(config.endpoint, listener)}")
-        await serve_listener(listener, settings)
+        endpoint = served_endpoint(listener, settings)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(endpoint.run)
+            # SIGTERM, SIGINT or SIGHUP: stop accepting, hang running programs up.
+            await stop_on_signals(log, [endpoint])
         return 0
 
     return trio.run(listen_and_serve)

@@ -8,15 +8,14 @@ to the daemon's policy and limits, and hangs running programs up on stop.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 from dataclasses import dataclass
 from functools import partial
 
 import trio
 
-from capsudo.core import ConnectionLimits, Hangup, Policy, SessionLimits, serve_session
-from capsudo.core._serving import STOP_SIGNALS, Logger, serve_connections
+from capsudo.core import (STOP_SIGNALS, ConnectionLimits, Hangup, Logger, Policy, ServedEndpoint, SessionLimits,
+                          serve_session)
 from capsudo.transport import UnixChannel
 
 log = Logger("capsudod")
@@ -29,22 +28,22 @@ class ServerSettings:
     connections: ConnectionLimits = ConnectionLimits()
 
 
-async def serve_listener(listener, settings: ServerSettings) -> None:
-    """Serve until SIGTERM, SIGINT or SIGHUP; then hang up running programs and return."""
+def served_endpoint(listener, settings: ServerSettings) -> ServedEndpoint:
+    """The daemon's endpoint on `listener`: sessions under its policy; at the stop, programs hung up."""
     shutdown = Hangup()
 
     async def serve_one(channel):
         return await serve_session(channel, settings.policy, settings.limits, shutdown)
 
-    await serve_connections(
+    return ServedEndpoint(
         listener,
         serve_one,
         log=log,
         limits=settings.connections,
         max_handshake_bytes=settings.limits.max_bytes,
-        on_stop=partial(shutdown.hang_up_all, settings.limits.hangup_grace),
+        hang_up=partial(shutdown.hang_up_all, settings.limits.hangup_grace),
         # Programs get SIGHUP at the stop and SIGKILL after the grace.
-        stop_grace=settings.limits.hangup_grace,
+        grace=settings.limits.hangup_grace,
     )
 
 

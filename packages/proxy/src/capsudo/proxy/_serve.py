@@ -6,7 +6,7 @@ import os
 
 import trio
 
-from capsudo.core._serving import Logger, serve_connections
+from capsudo.core import Logger, ServedEndpoint, stop_on_signals
 from capsudo.transport import EndpointError, MuxChannel, connect_endpoint, exposure_warning, open_listener
 
 from ._forward import forward_session
@@ -45,10 +45,12 @@ async def serve_listening(settings: ProxySettings) -> int:
     async def serve_one(channel):
         return await forward_session(channel, connect, str(settings.target), settings.limits)
 
-    await serve_connections(
-        listener, serve_one, log=log, limits=settings.connections, max_handshake_bytes=settings.limits.max_bytes,
-        on_stop=None, stop_grace=0,
+    endpoint = ServedEndpoint(
+        listener, serve_one, log=log, limits=settings.connections, max_handshake_bytes=settings.limits.max_bytes
     )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(endpoint.run)
+        await stop_on_signals(log, [endpoint])
     return 0
 
 

@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from capsudo.core._serving import AcceptBackoff
+from capsudo.core import ConnectionLimits, ServedEndpoint, stop_on_signals
 from capsudo.proto import Error, Exit, Message, ProtocolError, Unauthorized, reason
 from capsudo.transport import EndpointError, UnixChannel, open_unix_listener
 
@@ -111,67 +111,44 @@ class FrontEnd:
         self._failures = FailureRecord(settings.max_failures, settings.failure_window)
         self._turns = UserTurns()
         self._pam_threads = trio.CapacityLimiter(settings.max_pam_threads)
-        self._slots = trio.CapacityLimiter(settings.max_clients)
-        self._per_user: dict[int, int] = {}
         self._output_fd = output_descriptor()
         self._chained_nursery: trio.Nursery | None = None
         self.running: set[trio.Process] = set()
 
     # --- serving -----------------------------------------------------------
 
-    async def serve(self, listener) -> None:
-        """Serve until SIGTERM, SIGINT or SIGHUP; then stop the chained commands."""
+    async def run(self, listener, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve on `listener` until stop(); then the chained commands get SIGTERM, and the grace."""
+        limits = ConnectionLimits(
+            max_sessions=self.settings.max_clients,
+            max_sessions_per_peer=self.settings.max_clients_per_user,
+            max_handshakes=self.settings.max_clients,
+            max_handshakes_per_peer=self.settings.max_clients_per_user,
+        )
         async with trio.open_nursery() as chained:
             self._chained_nursery = chained
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-                async with trio.open_nursery() as clients:
-                    clients.start_soon(self._accept_loop, listener, clients)
-                    async for signum in signals:
-                        log(f"{signal.Signals(signum).name}: stopping")
-                        break
-                    clients.cancel_scope.cancel()
-            await listener.aclose()
-            if self.running:
-                log(f"sending SIGTERM to {len(self.running)} chained command(s)")
-                for process in list(self.running):
-                    process.send_signal(signal.SIGTERM)
-            chained.cancel_scope.deadline = trio.current_time() + self.settings.shutdown_grace
+            # Connections are served until their hand-over, within the slots
+            # of core's accept loop: in all and per user (the peer's uid).
+            self._endpoint = ServedEndpoint(listener, self._serve_connection, log=log, limits=limits,
+                                            hang_up=self._stop_chained)
+            await self._endpoint.run(task_status=task_status)
 
-    async def _accept_loop(self, listener, clients: trio.Nursery) -> None:
-        pressure = AcceptBackoff(log)
-        while True:
-            clients.start_soon(self._serve_connection, await pressure.accept(listener))
+    def stop(self) -> None:
+        self._endpoint.stop()
+
+    async def _stop_chained(self) -> None:
+        if self.running:
+            log(f"sending SIGTERM to {len(self.running)} chained command(s)")
+            for process in list(self.running):
+                process.send_signal(signal.SIGTERM)
+        self._chained_nursery.cancel_scope.deadline = trio.current_time() + self.settings.shutdown_grace
 
     async def _serve_connection(self, channel: UnixChannel) -> None:
         try:
             if channel.peer is None:
                 log("a connection whose peer cannot be identified: closed")
                 return
-            try:
-                self._slots.acquire_on_behalf_of_nowait(channel)
-            except trio.WouldBlock:
-                log(f"uid={channel.peer.uid} pid={channel.peer.pid} outcome=busy "
-                    f"detail={_quoted(f'{self.settings.max_clients} connections in progress')}")
-                await self._reply(channel, Error("too many connections in progress; try again later"), Exit(1),
-                                  drain=False)
-                return
-            try:
-                uid = channel.peer.uid
-                self._per_user[uid] = self._per_user.get(uid, 0) + 1
-                try:
-                    if self._per_user[uid] > self.settings.max_clients_per_user:
-                        log(f"uid={uid} pid={channel.peer.pid} outcome=busy "
-                            f"detail={_quoted(f'{self.settings.max_clients_per_user} connections of this user in progress')}")
-                        await self._reply(channel, Error("too many connections of yours in progress; try again later"),
-                                          Exit(1), drain=False)
-                        return
-                    await self._serve_client(channel)
-                finally:
-                    self._per_user[uid] -= 1
-                    if not self._per_user[uid]:
-                        del self._per_user[uid]
-            finally:
-                self._slots.release_on_behalf_of(channel)
+            await self._serve_client(channel)
         finally:
             await channel.aclose()
 
@@ -363,5 +340,9 @@ async def run_front_end(settings: FrontEndSettings) -> int:
     if os.geteuid() != 0:
         log("warning: not running as root; PAM can check only this process's own user")
     log(f"listening on {listener.path}: PAM service {settings.service!r}, then {' '.join(settings.command)}")
-    await FrontEnd(settings).serve(listener)
+    front_end = FrontEnd(settings)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(front_end.run, listener)
+        # SIGTERM, SIGINT or SIGHUP: stop accepting, then the chained commands.
+        await stop_on_signals(log, [front_end])
     return 0
