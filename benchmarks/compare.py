@@ -27,14 +27,19 @@ they need no option beyond their count of runs.
 The rule, for a figure where less is better (all of them are times, or a
 count): this tree is no worse within noise when the ratio of its median to
 the base's is at most 1.05, or when it exceeds the base's median by less
-than the spread between rounds, the larger of the two trees' interquartile
-ranges of their per-round medians. The "control" rows measure no capsudo
+than the spread between rounds: the interquartile range of the per-round
+differences (this minus base, each round's two runs of a script being
+adjacent in time). The differences, not each tree's own figures, because
+load that drifts over the run moves both trees of a round alike; that
+drift would widen each tree's range without saying anything about the
+change. The "control" rows measure no capsudo
 code (the interpreter alone, `true` alone, `head` alone): their ratios show
 how far the run was even between the trees. Exit status 1 when a figure
 other than a control is worse.
 
     .venv/bin/python benchmarks/compare.py [--base REV] [--rounds N]
         [--only startup,library_session,throughput] [--temporary] [--own-scripts]
+        [--record FILE.json]
 
 Another implementation's capsudo/capsudod (capsudo-rs) cannot be compared
 yet: startup.py reads the client's imports under `python -X importtime`,
@@ -44,6 +49,7 @@ and the library figures need a Python library on both sides.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -194,10 +200,10 @@ def read_figure(figure: Figure, output: str) -> float:
     raise Failure(f"{figure.script}.py printed no row {figure.row!r}")
 
 
-def spread(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    quartiles = statistics.quantiles(values, n=4, method="inclusive")
+def spread(base: list[float], this: list[float]) -> float:
+    """Interquartile range of the per-round differences this - base."""
+    differences = [b - a for a, b in zip(base, this)]
+    quartiles = statistics.quantiles(differences, n=4, method="inclusive")
     return quartiles[2] - quartiles[0]
 
 
@@ -216,6 +222,7 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(SCRIPTS), help=f"comma-separated, of {','.join(SCRIPTS)}")
     parser.add_argument("--temporary", action="store_true", help="the base's worktree in a temporary directory, removed after")
     parser.add_argument("--own-scripts", action="store_true", help="run each tree's own copy of the scripts")
+    parser.add_argument("--record", metavar="FILE", help="also write every round's figures to FILE as JSON")
     options = parser.parse_args()
     only = [name.strip() for name in options.only.split(",") if name.strip()]
     unknown = [name for name in only if name not in SCRIPTS]
@@ -267,7 +274,7 @@ def main() -> int:
         base, this = values[(figure.label, "base")], values[(figure.label, "this")]
         base_median, this_median = statistics.median(base), statistics.median(this)
         ratio = this_median / base_median if base_median else float("inf") if this_median else 1.0
-        noise = max(spread(base), spread(this))
+        noise = spread(base, this)
         no_worse = ratio <= NO_WORSE_RATIO or this_median - base_median < noise
         if not no_worse and not figure.control:
             worse.append(figure.label)
@@ -276,10 +283,15 @@ def main() -> int:
             shown(figure, base_median), shown(figure, this_median), f"{ratio:.3f}", shown(figure, noise),
             "no worse" if no_worse else "WORSE",
         ])
+    if options.record:
+        with open(options.record, "w") as record:
+            json.dump({"base": commit, "this": head, "dirty": dirty, "machine": machine(), "runs": {n: RUNS[n] for n in only},
+                       "rounds": {f"{label} [{tree}]": [round(v, 7) for v in round_values] for (label, tree), round_values in values.items()}},
+                      record, indent=1)
     print(table([f"figure (median of {options.rounds} rounds)", "base", "this", "ratio", "spread", "verdict"], rows))
     print()
     print(f"no worse within noise: ratio <= {NO_WORSE_RATIO}, or this exceeds base by less than the spread"
-          " (the larger of the two trees' interquartile ranges of their per-round medians)")
+          " (the interquartile range of the per-round differences this - base)")
     print("this checkout: " + (f"{len(worse)} figure(s) worse: {', '.join(worse)}" if worse else "no figure worse"))
     return 1 if worse else 0
 
