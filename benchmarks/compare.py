@@ -284,10 +284,10 @@ def main() -> int:
             "no worse" if no_worse else "WORSE",
         ])
     if options.record:
+        rounds = {f"{label} [{tree}]": [round(value, 7) for value in found] for (label, tree), found in values.items()}
         with open(options.record, "w") as record:
-            json.dump({"base": commit, "this": head, "dirty": dirty, "machine": machine(), "runs": {n: RUNS[n] for n in only},
-                       "rounds": {f"{label} [{tree}]": [round(v, 7) for v in round_values] for (label, tree), round_values in values.items()}},
-                      record, indent=1)
+            json.dump({"base": commit, "this": head, "dirty": dirty, "machine": machine(),
+                       "runs": {name: RUNS[name] for name in only}, "rounds": rounds}, record, indent=1)
     print(table([f"figure (median of {options.rounds} rounds)", "base", "this", "ratio", "spread", "verdict"], rows))
     print()
     print(f"no worse within noise: ratio <= {NO_WORSE_RATIO}, or this exceeds base by less than the spread"
