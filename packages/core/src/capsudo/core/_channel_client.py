@@ -18,13 +18,12 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from capsudo.proto import (CLIENT, MESSAGE_CLASSES, Challenged, Failed, Finished, ProtocolError, SessionProtocol,
-                           Winsize, handshake, lean)
+from capsudo.proto import CLIENT, MESSAGE_CLASSES, ProtocolError, SessionProtocol, Winsize, handshake, lean
 from capsudo.transport import (EndpointError, MessageChannel, TlsOptions, connect_endpoint, describe_tls_failure,
                                find_ssl_error)
 
 from ._client_request import ClientError, ClientRequest, terminal_size
-from ._password_flow import PasswordRequired, PasswordFlow, SecretPrompt
+from ._password_flow import CLOSED_BEFORE_STATUS, PasswordFlow, PasswordRequired, SecretPrompt, follow_reply
 from ._terminal import FATAL_SIGNALS, Interrupted, raw_mode
 from ._unix_client import SessionResult
 
@@ -98,17 +97,10 @@ async def _await_status(channel: MessageChannel, protocol: SessionProtocol, erro
         except (trio.BrokenResourceError, OSError) as exc:
             raise _link_failure("connection to the daemon lost", exc) from None
         if received is None:
-            raise ClientError("the daemon closed the connection before sending an exit status")
-        try:
-            event = protocol.receive(received.message)
-        except ProtocolError as exc:
-            raise ClientError(f"the daemon sent a bad reply: {exc}") from None
-        if isinstance(event, Finished):
-            return event.status
-        if isinstance(event, Failed):
-            errors.append(event.text)
-        elif isinstance(event, Challenged):
-            raise PasswordRequired(event.prompt)
+            raise ClientError(CLOSED_BEFORE_STATUS)
+        status = follow_reply(protocol, errors, received.message)
+        if status is not None:
+            return status
 
 
 async def _relay_signals(channel: MessageChannel, protocol: SessionProtocol, request: ClientRequest) -> None:

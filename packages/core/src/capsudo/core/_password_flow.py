@@ -1,13 +1,15 @@
-"""The client's password flow, shared by every transport.
+"""What the client does with the daemon's replies, and its password flow: shared by both drivers.
 
-A front-end answers a first connection with Unauthorized; the client asks
-for the secret and reconnects with it first. A refused secret is asked for
-again, three tries in all, like sudo.
+Every reply goes through the session protocol (`follow_reply`): Error lines
+are collected, Exit is the status, Unauthorized a challenge. A front-end
+answers a first connection with Unauthorized; the client asks for the
+secret and reconnects with it first. A refused secret is asked for again,
+three tries in all, like sudo.
 """
 
 from __future__ import annotations
 
-from capsudo.proto import reason_of
+from capsudo.proto import Challenged, Failed, Finished, ProtocolError, reason_of
 
 from ._client_request import MAX_SECRET_ATTEMPTS, ClientError
 
@@ -16,6 +18,28 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 SecretPrompt = "Callable[[str], bytes]"
+
+CLOSED_BEFORE_STATUS = "the daemon closed the connection before sending an exit status"
+
+
+def follow_reply(protocol, errors: list[str], message=None, *, type_code: int | None = None, payload: bytes = b""):
+    """One reply from the daemon, a decoded message or its type code and payload.
+
+    Returns the session's status once it comes (else None), collects Error
+    lines into `errors`, raises PasswordRequired for a challenge and
+    ClientError for a reply the protocol does not allow.
+    """
+    try:
+        event = protocol.receive(message, type_code=type_code, payload=payload)
+    except ProtocolError as exc:
+        raise ClientError(f"the daemon sent a bad reply: {exc}") from None
+    if isinstance(event, Finished):
+        return event.status
+    if isinstance(event, Failed):
+        errors.append(event.text)
+    elif isinstance(event, Challenged):
+        raise PasswordRequired(event.prompt)
+    return None
 
 
 class PasswordRequired(Exception):

@@ -7,11 +7,11 @@ runs at the start of every command.
 
 from __future__ import annotations
 
-from capsudo.proto import CLIENT, Challenged, Failed, Finished, ProtocolError, SessionProtocol, handshake, lean
+from capsudo.proto import CLIENT, ProtocolError, SessionProtocol, handshake, lean
 from capsudo.transport import BlockingUnixConnection
 
 from ._client_request import ClientError, ClientRequest, terminal_size
-from ._password_flow import PasswordRequired, PasswordFlow, SecretPrompt
+from ._password_flow import CLOSED_BEFORE_STATUS, PasswordFlow, PasswordRequired, SecretPrompt, follow_reply
 
 TYPE_CHECKING = False  # typing and collections cost the client start-up time
 if TYPE_CHECKING:
@@ -146,18 +146,10 @@ def _await_status(connection: BlockingUnixConnection, protocol: SessionProtocol,
         except OSError as exc:
             raise ClientError(f"connection to the daemon lost: {exc.strerror or exc}") from None
         if reply is None:
-            raise ClientError("the daemon closed the connection before sending an exit status")
-        type_code, payload = reply
-        try:
-            event = protocol.receive(type_code=type_code, payload=payload)
-        except ProtocolError as exc:
-            raise ClientError(f"the daemon sent a bad reply: {exc}") from None
-        if isinstance(event, Finished):
-            return event.status
-        if isinstance(event, Failed):
-            errors.append(event.text)
-        elif isinstance(event, Challenged):
-            raise PasswordRequired(event.prompt)
+            raise ClientError(CLOSED_BEFORE_STATUS)
+        status = follow_reply(protocol, errors, type_code=reply[0], payload=reply[1])
+        if status is not None:
+            return status
 
 
 def run_unix_session(
