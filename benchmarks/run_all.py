@@ -17,11 +17,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # Quick ones first; any other script here (not starting with "_") follows.
 FIRST = ["startup.py", "library_session.py", "throughput.py", "concurrency.py", "memory.py"]
+# Not benchmarks of their own: compare.py runs some of the above for two trees.
+NOT_BENCHMARKS = ["run_all.py", "compare.py"]
 
 
 def scripts() -> list[Path]:
     others = sorted(
-        path.name for path in HERE.glob("*.py") if not path.name.startswith("_") and path.name not in (*FIRST, "run_all.py")
+        path.name for path in HERE.glob("*.py") if not path.name.startswith("_") and path.name not in (*FIRST, *NOT_BENCHMARKS)
     )
     return [HERE / name for name in [*FIRST, *others] if (HERE / name).exists()]
 
