@@ -225,19 +225,28 @@ async def open_unix_listener(
     if len(os.fsencode(path)) > _SUN_PATH_MAX:
         raise EndpointError(f"cannot listen on {path}: longer than the {_SUN_PATH_MAX} bytes a socket address holds")
     directory, name = os.path.split(path)
-    parent_fd = _open_directory(directory, path, allow_unsafe_directory)
+    # The socket before the directories' descriptors: those are closed again,
+    # and must not leave a gap below the socket's number in the daemon's table.
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        _refuse_to_clobber(path)
-        sock, identity = _place_socket(parent_fd, directory, name, owner, mode, backlog)
-    finally:
-        os.close(parent_fd)
+        parent_fd = _open_directory(directory, path, allow_unsafe_directory)
+        try:
+            _refuse_to_clobber(path)
+            identity = _place_socket(sock, parent_fd, directory, name, owner, mode, backlog)
+        finally:
+            os.close(parent_fd)
+    except BaseException:
+        sock.close()
+        raise
     return UnixListener(sock, path, identity=identity, **channel_options)
 
 
-def _place_socket(parent_fd: int, directory: str, name: str, owner: Owner | None, mode: int, backlog: int):
-    """A listening socket at `name` in parent_fd, given its owner and mode before it got there.
+def _place_socket(
+    sock: socket.socket, parent_fd: int, directory: str, name: str, owner: Owner | None, mode: int, backlog: int
+) -> tuple[int, int]:
+    """`sock` listening at `name` in parent_fd, given its owner and mode before it got there.
 
-    Returns the socket and the (st_dev, st_ino) of its file.
+    Returns the (st_dev, st_ino) of its file; the caller closes the socket on failure.
     """
     path = os.path.join(directory, name)
     try:
@@ -246,11 +255,9 @@ def _place_socket(parent_fd: int, directory: str, name: str, owner: Owner | None
         raise EndpointError(f"cannot create a socket in {directory}: {exc.strerror or exc}") from None
     except _Replaced as exc:
         raise EndpointError(f"cannot listen on {path}: {exc}") from None
-    sock = None
     identity = None
     failure: OSError | _Replaced | None = None
     try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # Through the descriptor: the socket is made in the directory we
         # checked, whatever its name leads to by now. The alias is short, too,
         # so every path that fits in sun_path works.
@@ -275,13 +282,11 @@ def _place_socket(parent_fd: int, directory: str, name: str, owner: Owner | None
     cleanup_failure = _remove_private_directory(parent_fd, directory, private, private_fd)
     failure = failure or cleanup_failure
     if failure is not None:
-        if sock is not None:
-            sock.close()
         if identity is not None:
             _unlink_if_ours(parent_fd, name, identity)
         reason = (failure.strerror or failure) if isinstance(failure, OSError) else failure
         raise EndpointError(f"cannot listen on {path}: {reason}")
-    return sock, identity
+    return identity
 
 
 def _remove_private_directory(parent_fd: int, directory: str, name: str, fd: int) -> OSError | _Replaced | None:
