@@ -88,6 +88,13 @@ def find_uv() -> str | None:
     return str(local) if local.exists() else None
 
 
+def run(argv: list[str], **options) -> subprocess.CompletedProcess:
+    """Run a step of the install; a failure shows what the step said, not only its exit status."""
+    result = subprocess.run(argv, capture_output=True, text=True, **options)
+    assert result.returncode == 0, f"{' '.join(argv)}: exit {result.returncode}\n{result.stdout}{result.stderr}"
+    return result
+
+
 def wait_for_socket(path: Path, daemon: subprocess.Popen, log: Path, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -104,8 +111,7 @@ def test_built_wheels_install_into_a_fresh_environment_and_work(tmp_path, sock_d
         pytest.skip("uv is not installed (neither on PATH nor in .uv/; `make venv` installs it)")
     dist = tmp_path / "dist"
     build_env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_PYTHON": shutil.which("python3") or sys.executable}
-    subprocess.run([uv, "build", "--all-packages", "--out-dir", str(dist)], cwd=ROOT, env=build_env,
-                   check=True, capture_output=True, timeout=120)
+    run([uv, "build", "--all-packages", "--out-dir", str(dist)], cwd=ROOT, env=build_env, timeout=120)
 
     names = [pyproject(directory)["name"] for directory in PACKAGES]
     license_text = (ROOT / "LICENSE").read_bytes()
@@ -124,22 +130,21 @@ def test_built_wheels_install_into_a_fresh_environment_and_work(tmp_path, sock_d
                 third_party.add(line.removeprefix("Requires-Dist: "))
 
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=60)
+    run([sys.executable, "-m", "venv", str(venv)], timeout=60)
     python = str(venv / "bin" / "python")
     pip = [python, "-m", "pip", "--quiet", "--disable-pip-version-check"]
     clean_env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     # Third-party dependencies from the index; the capsudo names only from the
     # build (--no-index), never from a public index where someone else may own them.
-    subprocess.run([*pip, "install", *sorted(third_party)], check=True, env=clean_env, timeout=120)
-    subprocess.run([*pip, "install", "--no-index", "--find-links", str(dist), *names], check=True, env=clean_env,
-                   timeout=60)
+    run([*pip, "install", *sorted(third_party)], env=clean_env, timeout=120)
+    run([*pip, "install", "--no-index", "--find-links", str(dist), *names], env=clean_env, timeout=60)
 
-    report = subprocess.run(
+    report = run(
         [python, "-c",
-         "import importlib.metadata as m, json, sys, capsudo.core, capsudo.proto\n"
+         "import importlib.metadata as m, json, capsudo.core, capsudo.proto\n"
          f"print(json.dumps([capsudo.proto.__version__, capsudo.core.__file__,"
          f" {{n: m.version(n) for n in {names!r}}}]))"],
-        capture_output=True, text=True, check=True, env=clean_env, cwd=tmp_path,
+        env=clean_env, cwd=tmp_path,
     )
     module_version, core_file, installed = json.loads(report.stdout)
     assert Path(core_file).is_relative_to(venv), core_file
