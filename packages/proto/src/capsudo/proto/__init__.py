@@ -67,6 +67,7 @@ __all__ = [
 ]
 
 _HOME = {
+    "__version__": "._version",
     **dict.fromkeys(
         ["MessageType", "SessionKind", "Message", "Arg", "Env", "Exit", "Fd", "SessionType",
          "Error", "Secret", "Unauthorized", "Winsize", "End", "MESSAGE_CLASSES", "encode_message", "decode_header"],
@@ -93,6 +94,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _HOME, __all__)
 
 
 if TYPE_CHECKING:
+    from ._version import __version__
     from ._budget import HandshakeBudget
     from ._control import ControlDecoder
     from ._frames import (ControlFrame, Direction, FdsFrame, Frame, FrameDecoder, FrameKind,
