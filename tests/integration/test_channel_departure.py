@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -60,22 +63,24 @@ else:
 
 
 @pytest.fixture(scope="module")
-def certificates(tmp_path_factory):
-    """PEM paths of a CA, a daemon's and a client's certificate, readable by a scratch user."""
+def certificates():
+    """PEM paths of a CA, a daemon's and a client's certificate, readable by a scratch user.
+
+    In a directory of their own under /tmp rather than pytest's tree, whose
+    top pytest makes private again whenever a test session starts.
+    """
     trustme = pytest.importorskip("trustme")
-    directory = tmp_path_factory.mktemp("departure-tls")
+    directory = Path(tempfile.mkdtemp(prefix="cs-tls-", dir="/tmp"))
+    os.chmod(directory, 0o755)
     ca = trustme.CA()
     paths = {name: str(directory / f"{name}.pem") for name in ("ca", "daemon", "client")}
     ca.cert_pem.write_to_path(paths["ca"])
     ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(paths["daemon"])
     ca.issue_cert("client.capsudo.test").private_key_and_cert_chain_pem.write_to_path(paths["client"])
-    for parent in (directory, *directory.parents):
-        if parent == parent.parent or str(parent) == "/tmp":
-            break
-        os.chmod(parent, os.stat(parent).st_mode | 0o005)
     for path in paths.values():
         os.chmod(path, 0o644)
-    return paths
+    yield paths
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(params=["tcp", "tls"])
