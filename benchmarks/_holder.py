@@ -54,10 +54,15 @@ def main() -> None:
         connection.settimeout(10)
         connections.append(connection)
         if mode == "sleep":
-            connection.sendall(message(ARG, b"sleep") + message(ARG, argument.encode()))
-            connection.sendmsg([message(FD, struct.pack("<I", 3))],
-                               [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("3i", null, null, null))])
-            connection.sendall(message(END))
+            try:
+                connection.sendall(message(ARG, b"sleep") + message(ARG, argument.encode()))
+                connection.sendmsg([message(FD, struct.pack("<I", 3))],
+                                   [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("3i", null, null, null))])
+                connection.sendall(message(END))
+            except (BrokenPipeError, ConnectionResetError):
+                # Refused over the cap before the request was whole: the
+                # daemon's one-line Error is still there to be read below.
+                pass
             # At the pace of clients that are processes of their own: one
             # handshake after another, not all in progress at once.
             time.sleep(PACE)
