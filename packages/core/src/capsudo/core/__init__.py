@@ -37,6 +37,7 @@ __all__ = [
     "serve",
     "ServedEndpoint",
     "stop_on_signals",
+    "hold_stop_signals",
     "STOP_SIGNALS",
     "AcceptBackoff",
     "Logger",
@@ -84,7 +85,7 @@ _HOME = {
     "run_endpoint_session": "._channel_client",
     "run": "._library",
     "serve_session": "._daemon_session",
-    **dict.fromkeys(["serve", "ServedEndpoint", "stop_on_signals", "STOP_SIGNALS", "AcceptBackoff", "Logger"],
+    **dict.fromkeys(["serve", "ServedEndpoint", "stop_on_signals", "hold_stop_signals", "STOP_SIGNALS", "AcceptBackoff", "Logger"],
                     "._serving"),
     "ask_secret": "._secret_prompt",
     "Interrupted": "._terminal",
@@ -109,7 +110,7 @@ if TYPE_CHECKING:
     from ._channel_client import run_endpoint_session
     from ._daemon_session import Hangup, serve_session
     from ._secret_prompt import ask_secret
-    from ._serving import STOP_SIGNALS, AcceptBackoff, Logger, ServedEndpoint, serve, stop_on_signals
+    from ._serving import STOP_SIGNALS, AcceptBackoff, Logger, ServedEndpoint, hold_stop_signals, serve, stop_on_signals
     from ._terminal import Interrupted
     from ._decision import Allow, Asked, Decision, Refuse, attenuating
     from ._events import (Accepted, Decided, Ended, EventSink, Requested, SessionEvent, SessionRecord,

@@ -302,9 +302,29 @@ class ServedEndpoint:
         self._accepting.cancel()
 
 
+_held_signals: list[int] = []
+
+
+def hold_stop_signals(signals=STOP_SIGNALS) -> None:
+    """From now until stop_on_signals listens, remember a stop signal rather than die of it.
+
+    A command calls this before it starts listening: a SIGTERM that comes
+    between the socket's appearance and the serve loop is then a clean stop
+    (socket removed, status 0), as one that comes later is.
+    """
+    for signum in signals:
+        signal.signal(signum, lambda number, frame: _held_signals.append(number))
+
+
 async def stop_on_signals(log: Callable[[str], None], endpoints, signals=STOP_SIGNALS) -> None:
     """Wait for SIGTERM, SIGINT or SIGHUP, then stop every endpoint; for a command's main() alone."""
     with trio.open_signal_receiver(*signals) as received:
+        # Opened first, then looked at: a signal is either held or received.
+        for signum in _held_signals[:1]:
+            log(f"{signal.Signals(signum).name}: stopping, hanging up running programs")
+            for endpoint in endpoints:
+                endpoint.stop()
+            return
         async for signum in received:
             log(f"{signal.Signals(signum).name}: stopping, hanging up running programs")
             for endpoint in endpoints:

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import trio
 
-    from capsudo.core import stop_on_signals
+    from capsudo.core import hold_stop_signals, stop_on_signals
 
     from ._server import ServerSettings, log, serve_stdin, served_endpoint
 
@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             await stop_on_signals(log, [endpoint])
         return 0
 
+    hold_stop_signals()
     return trio.run(listen_and_serve)
 
 

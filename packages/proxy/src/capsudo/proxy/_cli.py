@@ -89,4 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if settings.stdio:
         return trio.run(serve_stdio, settings)
+    from capsudo.core import hold_stop_signals
+
+    hold_stop_signals()
     return trio.run(serve_listening, settings)

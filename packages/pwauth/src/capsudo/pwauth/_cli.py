@@ -181,4 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ._server import run_front_end
 
+    from capsudo.core import hold_stop_signals
+
+    hold_stop_signals()
     return trio.run(run_front_end, settings)
