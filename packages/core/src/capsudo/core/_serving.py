@@ -277,6 +277,7 @@ class ServedEndpoint:
         self._hang_up = hang_up
         self._grace = grace
         self._accepting = trio.CancelScope()
+        self._let_finish = False
         self.stopped = trio.Event()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -288,6 +289,8 @@ class ServedEndpoint:
                                 max_handshake_bytes=self._max_handshake_bytes, handler_nursery=sessions,
                                 task_status=task_status)
                 await self.listener.aclose()
+                if self._let_finish:
+                    return  # the nursery waits for the sessions, however long they run
                 if self._hang_up is not None:
                     sessions.start_soon(self._hang_up)
                 # What has not ended by the grace (plus a moment) is cut off.
@@ -297,8 +300,13 @@ class ServedEndpoint:
                 await self.listener.aclose()
             self.stopped.set()
 
-    def stop(self) -> None:
-        """Stop accepting and wind the sessions down (see the class); returns at once."""
+    def stop(self, *, let_finish: bool = False) -> None:
+        """Stop accepting and wind the sessions down (see the class); returns at once.
+
+        With `let_finish`, the sessions under way run on to their own end:
+        what a reload does to an endpoint whose listener it replaces.
+        """
+        self._let_finish = let_finish
         self._accepting.cancel()
 
 
