@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from capsudo.proto import Error, Exit, ProtocolError
-from capsudo.transport import MessageChannel, close_fds
+from capsudo.transport import MessageChannel, close_fds, notify_stopping
 
 from ._limits import ConnectionLimits
 
@@ -303,10 +303,14 @@ class ServedEndpoint:
 
 
 async def stop_on_signals(log: Callable[[str], None], endpoints, signals=STOP_SIGNALS) -> None:
-    """Wait for SIGTERM, SIGINT or SIGHUP, then stop every endpoint; for a command's main() alone."""
+    """Wait for SIGTERM, SIGINT or SIGHUP, then stop every endpoint; for a command's main() alone.
+
+    A service manager hears STOPPING=1 (sd_notify) before the endpoints stop.
+    """
     with trio.open_signal_receiver(*signals) as received:
         async for signum in received:
             log(f"{signal.Signals(signum).name}: stopping, hanging up running programs")
+            notify_stopping(f"stopping on {signal.Signals(signum).name}, hanging up running programs")
             for endpoint in endpoints:
                 endpoint.stop()
             return
