@@ -4,8 +4,9 @@ With `ListenStream=` and `Accept=no`, systemd binds each socket (with the
 owner and mode of the .socket unit) and passes them from descriptor 3 on,
 saying how many in `LISTEN_FDS`, for which process in `LISTEN_PID`, and
 under which names in `LISTEN_FDNAMES` (a unit's `FileDescriptorName=`,
-else the socket unit's name). A daemon serving many endpoints takes each
-socket by its endpoint's name and refuses the ones nobody took; a daemon
+else the socket unit's name; one name for all the sockets of a unit). A
+daemon serving many endpoints takes each socket by its endpoint's name, or
+by its path, and refuses the ones nobody took; a daemon
 serving one endpoint takes the only one. adopt_listener() makes a listener
 of a passed socket that leaves its path to systemd when closed.
 """
@@ -51,6 +52,19 @@ class ActivatedSockets:
         """The passed socket named `name`, now the caller's; None if there is none (left)."""
         for index, (candidate, sock) in enumerate(self._left):
             if candidate == name:
+                del self._left[index]
+                return sock
+        return None
+
+    def take_bound_to(self, path: str) -> socket.socket | None:
+        """The passed Unix socket bound to `path`, now the caller's; None if there is none (left).
+
+        For the sockets of one unit, which share one name: FileDescriptorName=
+        names every socket of a unit alike, so their paths tell them apart.
+        """
+        wanted = os.path.abspath(path)
+        for index, (_, sock) in enumerate(self._left):
+            if sock.family == socket.AF_UNIX and sock.getsockname() == wanted:
                 del self._left[index]
                 return sock
         return None
