@@ -7,7 +7,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .uv/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(shell command -v $(PYTHON))
 
-.PHONY: demo test venv bench fuzz clean
+.PHONY: demo test venv bench fuzz clean install
 
 demo: venv
 	.venv/bin/python examples/demo.py
@@ -41,5 +41,61 @@ venv: .venv/.synced
 	$(PYTHON) -m venv .uv
 	.uv/bin/pip install --quiet uv
 
+# `make install [PREFIX=/usr/local] [DESTDIR=]`: the four commands on every
+# user's PATH, from a virtual environment in $(PREFIX)/lib/capsudo that all
+# may read and only root may write, made with the system's python3 (not one
+# under a home directory). The capsudo-* packages come from wheels built
+# here, never from the index; their third-party dependencies at the versions
+# of uv.lock. The environment is relocatable, so a DESTDIR install works
+# once moved to /; the launchers name the final path. Configuration and the
+# PAM file are installed only where none exists yet.
+PREFIX ?= /usr/local
+DESTDIR ?=
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+INSTALL_PYTHON ?= $(firstword $(wildcard /usr/bin/python3) $(shell command -v python3))
+LIBDIR = $(PREFIX)/lib/capsudo
+DOCDIR = $(PREFIX)/share/doc/capsudo
+COMMANDS = capsudo=capsudo.client capsudod=capsudo.daemon capsudod-pwauth=capsudo.pwauth capsudo-proxy=capsudo.proxy
+BUILD = build/install
+
+install: $(UV)
+	@umask 022; set -e; \
+	rm -rf $(BUILD); mkdir -p $(BUILD); \
+	$(UV) build --quiet --all-packages --wheel --out-dir $(BUILD)/wheels; \
+	$(UV) export --quiet --frozen --no-dev --all-packages --no-emit-workspace --format requirements-txt \
+		--output-file $(BUILD)/requirements.txt; \
+	$(UV) venv --quiet --clear --relocatable --python $(INSTALL_PYTHON) $(DESTDIR)$(LIBDIR); \
+	$(UV) pip install --quiet --python $(DESTDIR)$(LIBDIR)/bin/python --compile-bytecode \
+		--require-hashes -r $(BUILD)/requirements.txt; \
+	$(UV) pip install --quiet --python $(DESTDIR)$(LIBDIR)/bin/python --compile-bytecode \
+		--no-index --no-deps $(BUILD)/wheels/*.whl; \
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/bin; \
+	for entry in $(COMMANDS); do \
+		command=$${entry%%=*}; module=$${entry#*=}; \
+		printf '#!%s -I\nimport sys\nfrom %s import main\nsys.exit(main())\n' \
+			$(LIBDIR)/bin/python $$module > $(DESTDIR)$(PREFIX)/bin/$$command; \
+		chmod 0755 $(DESTDIR)$(PREFIX)/bin/$$command; \
+	done; \
+	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(PREFIX)/share/capsudo; \
+	for unit in examples/systemd/*.service examples/systemd/*.socket; do \
+		sed 's#/usr/local/#$(PREFIX)/#g; s#/etc/capsudo/#$(SYSCONFDIR)/capsudo/#g' $$unit \
+			> $(DESTDIR)$(UNITDIR)/$${unit##*/}; \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$${unit##*/}; \
+	done; \
+	sed 's#/usr/local/#$(PREFIX)/#g' examples/systemd/capsudod.openrc > $(DESTDIR)$(PREFIX)/share/capsudo/capsudod.openrc; \
+	chmod 0755 $(DESTDIR)$(PREFIX)/share/capsudo/capsudod.openrc; \
+	install -m 0644 README.md docs/*.md $(DESTDIR)$(DOCDIR)/; \
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/capsudo $(DESTDIR)$(SYSCONFDIR)/capsudo/endpoints; \
+	if [ -f examples/capsudo.toml ] && [ ! -e $(DESTDIR)$(SYSCONFDIR)/capsudo/capsudo.toml ]; then \
+		install -m 0644 examples/capsudo.toml $(DESTDIR)$(SYSCONFDIR)/capsudo/capsudo.toml; fi; \
+	if [ ! -e $(DESTDIR)$(SYSCONFDIR)/pam.d/capsudo ]; then \
+		install -D -m 0644 examples/pam.d/capsudo $(DESTDIR)$(SYSCONFDIR)/pam.d/capsudo; fi; \
+	for page in man/*.[1-8]; do \
+		[ -f "$$page" ] || continue; \
+		install -D -m 0644 "$$page" $(DESTDIR)$(PREFIX)/share/man/man$${page##*.}/$${page##*/}; \
+	done; \
+	chmod -R a+rX,go-w $(DESTDIR)$(LIBDIR)
+
 clean:
-	rm -rf .venv .venv-fuzz .uv
+	rm -rf .venv .venv-fuzz .uv build

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from capsudo.proto import Error, Exit, ProtocolError
-from capsudo.transport import MessageChannel, close_fds
+from capsudo.transport import MessageChannel, close_fds, notify_stopping
 
 from ._limits import ConnectionLimits
 
@@ -325,16 +325,15 @@ def hold_stop_signals(signals=STOP_SIGNALS) -> None:
 
 
 async def stop_on_signals(log: Callable[[str], None], endpoints, signals=STOP_SIGNALS) -> None:
-    """Wait for SIGTERM, SIGINT or SIGHUP, then stop every endpoint; for a command's main() alone."""
+    """Wait for SIGTERM, SIGINT or SIGHUP, then stop every endpoint; for a command's main() alone.
+
+    A service manager hears STOPPING=1 (sd_notify) before the endpoints stop.
+    """
     with trio.open_signal_receiver(*signals) as received:
         # Opened first, then looked at: a signal is either held or received.
-        for signum in _held_signals[:1]:
-            log(f"{signal.Signals(signum).name}: stopping, hanging up running programs")
-            for endpoint in endpoints:
-                endpoint.stop()
-            return
-        async for signum in received:
-            log(f"{signal.Signals(signum).name}: stopping, hanging up running programs")
-            for endpoint in endpoints:
-                endpoint.stop()
-            return
+        signum = _held_signals[0] if _held_signals else await received.__anext__()
+        name = signal.Signals(signum).name
+        log(f"{name}: stopping, hanging up running programs")
+        notify_stopping(f"stopping on {name}, hanging up running programs")
+        for endpoint in endpoints:
+            endpoint.stop()

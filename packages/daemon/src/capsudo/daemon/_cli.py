@@ -206,16 +206,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import trio
 
-    from capsudo.core import hold_stop_signals, stop_on_signals
+    from capsudo.core import hold_stop_signals
 
-    from ._server import ServerSettings, log, serve_stdin, served_endpoint
+    from ._server import ServerSettings, log, serve_listener, serve_without_endpoint
 
     settings = ServerSettings(config.policy, config.limits, config.connections)
     if (unpinned := config.policy.unpinned_environment_warning()) is not None:
         log(f"warning: {unpinned}")
     if config.endpoint is None:
-        trio.run(serve_stdin, settings)
-        return 0
+        return serve_without_endpoint(settings)
 
     from capsudo.transport import EndpointError, open_listener
 
@@ -238,13 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         warning = getattr(listener, "warning", None)
         if warning:
             log(f"warning: {warning}")
-        log(f"listening on {_bound_address(config.endpoint, listener)}")
-        endpoint = served_endpoint(listener, settings)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(endpoint.run)
-            # SIGTERM, SIGINT or SIGHUP: stop accepting, hang running programs up.
-            await stop_on_signals(log, [endpoint])
-        return 0
+        where = _bound_address(config.endpoint, listener)
+        log(f"listening on {where}")
+        return await serve_listener(listener, settings, where)
 
     hold_stop_signals()
     return trio.run(listen_and_serve)

@@ -3,11 +3,15 @@
 The accept loop itself (session and handshake slots, back-off under pressure, stop on
 SIGTERM, SIGINT or SIGHUP) is core's serve_connections; this module binds it
 to the daemon's policy and limits, and hangs running programs up on stop.
+Without -S the listener is the one socket systemd passed (socket
+activation, Accept=no), else the session is the connection on stdin
+(Accept=yes, inetd); the service manager hears READY=1 and what is served.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 from dataclasses import dataclass
 from functools import partial
@@ -15,8 +19,9 @@ from functools import partial
 import trio
 
 from capsudo.core import (STOP_SIGNALS, ConnectionLimits, Hangup, Logger, Policy, ServedEndpoint, SessionLimits,
-                          serve_session)
-from capsudo.transport import UnixChannel
+                          hold_stop_signals, serve_session, stop_on_signals)
+from capsudo.transport import (ActivationError, EndpointError, UnixChannel, activated_sockets, adopt_listener,
+                               notify_ready)
 
 log = Logger("capsudod")
 
@@ -45,6 +50,72 @@ def served_endpoint(listener, settings: ServerSettings) -> ServedEndpoint:
         # Programs get SIGHUP at the stop and SIGKILL after the grace.
         grace=settings.limits.hangup_grace,
     )
+
+
+def serving_status(policy: Policy, where: str) -> str:
+    """The STATUS= line: which program, on which endpoint."""
+    program = shlex.join(policy.program) if policy.program else "sh"
+    pins = [flag for flag, pinned in (("-f", policy.fixed_arguments), ("-E", policy.fixed_environment)) if pinned]
+    return f"serving {program}{' (' + ' '.join(pins) + ')' if pins else ''} on {where}"
+
+
+async def serve_listener(listener, settings: ServerSettings, where: str) -> int:
+    """Serve on `listener` until SIGTERM, SIGINT or SIGHUP, telling the service manager when it serves."""
+    endpoint = served_endpoint(listener, settings)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(endpoint.run)
+        notify_ready(serving_status(settings.policy, where))
+        # SIGTERM, SIGINT or SIGHUP: stop accepting, hang running programs up.
+        await stop_on_signals(log, [endpoint])
+    return 0
+
+
+def serve_without_endpoint(settings: ServerSettings) -> int:
+    """No -S: the socket systemd passed, else one session on stdin; a one-line refusal for anything else."""
+    try:
+        passed = activated_sockets()
+        only = passed.take_only()
+    except ActivationError as exc:
+        log(str(exc))
+        return 1
+    if only is not None:
+        name, sock = only
+        try:
+            listener = adopt_listener(sock)
+        except EndpointError as exc:
+            log(str(exc))
+            return 1
+        where = f"{listener.path} (passed by systemd as {name})" if hasattr(listener, "path") else name
+        log(f"listening on {where}")
+        hold_stop_signals()
+        return trio.run(serve_listener, listener, settings, where)
+    refusal = stdin_refusal()
+    if refusal is not None:
+        log(refusal)
+        return 2
+    trio.run(serve_stdin, settings)
+    return 0
+
+
+def stdin_refusal() -> str | None:
+    """Why stdin is not a connection capsudod can serve, or None when it is one."""
+    where = "without -S, capsudod serves one session on the Unix socket that is its stdin"
+    try:
+        fd = os.dup(0)
+    except OSError as exc:
+        return f"{where}, and stdin is not open ({exc.strerror}); give -S endpoint to listen on one"
+    try:
+        probe = socket.socket(fileno=fd)
+    except OSError as exc:
+        os.close(fd)
+        return f"{where}, and stdin is not a socket ({exc.strerror}); give -S endpoint to listen on one"
+    with probe:
+        if probe.family != socket.AF_UNIX or probe.type != socket.SOCK_STREAM:
+            return f"{where}, and stdin is a socket of another kind; give -S endpoint to listen on one"
+        if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return (f"{where}, and stdin is a listening socket; with systemd use Accept=yes for this, "
+                    "or pass the socket as a file descriptor (StandardInput= unset)")
+    return None
 
 
 async def serve_stdin(settings: ServerSettings) -> None:

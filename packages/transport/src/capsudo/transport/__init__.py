@@ -58,6 +58,16 @@ __all__ = [
     "TlsHandshakeError",
     "describe_tls_failure",
     "find_ssl_error",
+    # systemd
+    "ActivatedSockets",
+    "ActivationError",
+    "activated_sockets",
+    "adopt_listener",
+    "notify",
+    "notify_ready",
+    "notify_reloading",
+    "notify_stopping",
+    "notify_status",
 ]
 
 _HOME = {
@@ -98,6 +108,8 @@ _HOME = {
     "find_ssl_error": "._tls",
     "SshChannel": "._ssh",
     "ssh_command_line": "._ssh",
+    **dict.fromkeys(["ActivatedSockets", "ActivationError", "activated_sockets", "adopt_listener"], "._activation"),
+    **dict.fromkeys(["notify", "notify_ready", "notify_reloading", "notify_stopping", "notify_status"], "._notify"),
 }
 
 
@@ -107,6 +119,8 @@ __getattr__, __dir__ = lazy_exports(__name__, _HOME, __all__)
 
 
 if TYPE_CHECKING:
+    from ._activation import ActivatedSockets, ActivationError, activated_sockets, adopt_listener
+    from ._notify import notify, notify_ready, notify_reloading, notify_status, notify_stopping
     from ._blocking_unix import BlockingUnixConnection
     from ._channel import MessageChannel, Received, close_fds
     from ._credentials import PeerCredentials, peer_credentials
