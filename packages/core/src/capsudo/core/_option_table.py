@@ -85,6 +85,8 @@ class Option:
             return self.default_text
         if self.default is None or self.default is False or self.default == ():
             return None
+        if self.kind == SECONDS:
+            return f"{self.default:g}s"
         if isinstance(self.default, float):
             return f"{self.default:g}"
         return str(self.default)
