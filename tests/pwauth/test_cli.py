@@ -56,7 +56,7 @@ def test_usage_errors(argv, message):
 def test_an_unknown_option_is_a_one_line_usage_error_with_status_2():
     result = subprocess.run([PWAUTH, "-S", "/tmp/never", "-x"], capture_output=True, timeout=30)
     assert result.returncode == 2
-    assert result.stderr.decode() == "capsudod-pwauth: unknown option -x (see capsudod-pwauth -h)\n"
+    assert result.stderr.decode() == "capsudod-pwauth: error: unknown option -x (see capsudod-pwauth -h)\n"
 
 
 def test_help():

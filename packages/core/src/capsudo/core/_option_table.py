@@ -259,7 +259,7 @@ def usage_text(synopsis: str, description: str, table: Sequence[Option],
         if section:
             parts.append(f"{section}:\n")
         if section in intros:
-            parts.extend(_wrap(intros[section], 0))
+            parts.extend(_wrap(intros[section], 2))
         for option in table:
             if option.section == section:
                 parts.extend(_option_lines(option))
