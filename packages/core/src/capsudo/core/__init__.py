@@ -55,6 +55,7 @@ __all__ = [
     "ClientRequest",
     "build_request",
     "default_endpoint",
+    "DEFAULT_ENDPOINT",
     "forwarded_environment",
     "FORWARDED_VARIABLES",
     "SessionResult",
@@ -110,6 +111,7 @@ _HOME = {
     "ClientRequest": "._client_request",
     "build_request": "._client_request",
     "default_endpoint": "._client_request",
+    "DEFAULT_ENDPOINT": "._client_request",
     "forwarded_environment": "._client_request",
     "FORWARDED_VARIABLES": "._client_request",
     "SessionResult": "._unix_client",
@@ -137,7 +139,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _HOME, __all__)
 
 
 if TYPE_CHECKING:
-    from ._client_request import (FORWARDED_VARIABLES, ClientError, ClientRequest, build_request,
+    from ._client_request import (DEFAULT_ENDPOINT, FORWARDED_VARIABLES, ClientError, ClientRequest, build_request,
                                   default_endpoint, forwarded_environment)
     from ._channel_client import run_endpoint_session
     from ._daemon_session import Hangup, serve_session
