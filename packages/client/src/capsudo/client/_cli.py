@@ -112,10 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(usage_text(SYNOPSIS, DESCRIPTION, OPTIONS))
         return 0
     if parsed == "version":
-        from capsudo.proto import __version__
+        from capsudo.core import command_line_status
 
-        sys.stdout.write(f"capsudo {__version__}\n")
-        return 0
+        return command_line_status("capsudo", "", (parsed,))
     endpoint, tls_paths, interactive, env_entries, program = parsed
     try:
         path = _unix_path(endpoint)
