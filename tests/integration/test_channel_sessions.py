@@ -351,7 +351,7 @@ def test_tls_settings_from_the_environment(network_daemon_factory, certificates)
     "args, message",
     [
         (["-S", "tcp://127.0.0.1:0", "--tls-cert", "x"], "--tls-cert applies only to a tls:// endpoint"),
-        (["-S", "tls://127.0.0.1:0", "--tls-cert", "x"], "needs --tls-key, --tls-client-ca"),
+        (["-S", "tls://127.0.0.1:0", "--tls-cert", "x"], "needs --tls-key, --tls-ca"),
         (["-S", "tcp://127.0.0.1:0", "-m", "0700"], "-m applies only to a Unix socket"),
         (["-S", "tcp://127.0.0.1"], "missing port"),
         (["-S", "ftp://host:1"], "unknown scheme ftp://"),

@@ -94,7 +94,7 @@ def test_combined_flags_parse(daemon_factory):
 def test_unknown_option_is_a_usage_error_not_a_program(sock_dir):
     result = subprocess.run([CAPSUDOD, "-S", f"{sock_dir}/s", "-x", "true"], capture_output=True, timeout=10)
     assert result.returncode == 2
-    assert result.stderr.decode().startswith("capsudod: unknown option -x")
+    assert result.stderr.decode().startswith("capsudod: error: unknown option -x")
     assert not os.path.exists(f"{sock_dir}/s")
     result = subprocess.run([CAPSUDO, "-q", "true"], capture_output=True, timeout=10)
     assert result.returncode == 2

@@ -56,7 +56,7 @@ def test_usage_errors(argv, message):
 def test_an_unknown_option_is_a_one_line_usage_error_with_status_2():
     result = subprocess.run([PWAUTH, "-S", "/tmp/never", "-x"], capture_output=True, timeout=30)
     assert result.returncode == 2
-    assert result.stderr.decode() == "capsudod-pwauth: unknown option -x (see capsudod-pwauth -h)\n"
+    assert result.stderr.decode() == "capsudod-pwauth: error: unknown option -x (see capsudod-pwauth -h)\n"
 
 
 def test_help():
@@ -79,7 +79,7 @@ def test_the_front_end_will_not_start_without_its_service_file(sock_dir):
                             capture_output=True, timeout=30)
     assert result.returncode == 1
     assert result.stderr.decode() == (
-        "capsudod-pwauth: /etc/pam.d/capsudo-no-such-service does not exist, and PAM would fall back to "
+        "capsudod-pwauth: error: /etc/pam.d/capsudo-no-such-service does not exist, and PAM would fall back to "
         "its 'other' service; install examples/pam.d/capsudo there or name another service with --service\n"
     )
     assert not os.path.exists(path)

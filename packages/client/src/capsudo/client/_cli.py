@@ -11,33 +11,30 @@ from __future__ import annotations
 import os
 import sys
 
-from capsudo.core import ClientError, UsageError, build_request, default_endpoint, parse_options
+from capsudo.core import (DEFAULT_ENDPOINT, FLAG, LIST, ClientError, Option, UsageError, build_request,
+                          default_endpoint, endpoint_option, read_command_line, tls_options, usage_error, usage_text)
 
-USAGE = """\
+SYNOPSIS = """\
 usage: capsudo [-S endpoint] [--tls-cert F --tls-key F] [--tls-ca F] [-i|-n] [-s]
-               [-e KEY=VALUE]... [--] [program [args...]]
+               [-e KEY=VALUE]... [--] [program [args...]]"""
 
+DESCRIPTION = """\
 Run a program through a capsudod endpoint, with this terminal's stdin,
-stdout and stderr; exits with the program's status.
+stdout and stderr; exits with the program's status."""
 
-  -S endpoint   where the daemon listens (default: $CAPSUDO_SOCKET, else
-                /run/capsudo/default): a path or unix:///path,
-                tcp://HOST:PORT, tls://HOST:PORT or vsock://CID:PORT
-  --tls-cert F  for tls://: our certificate (default: $CAPSUDO_TLS_CERT)
-  --tls-key F   its private key (default: $CAPSUDO_TLS_KEY)
-  --tls-ca F    the CA that signed the daemon's certificate
-                (default: $CAPSUDO_TLS_CA)
-  -i            interactive session: the program gets a terminal
-  -n            non-interactive session (default unless stdin and stdout
-                are both terminals)
-  -s            run $SHELL (or sh)
-  -e KEY=VALUE  ask for an environment entry (the endpoint may refuse it)
-  -h            show this help
-"""
-
-SHORT = {"S": True, "i": False, "n": False, "s": False, "e": True, "h": False}
-LONG = {"help": False, "tls-cert": True, "tls-key": True, "tls-ca": True}
-TLS_FLAGS = ("--tls-cert", "--tls-key", "--tls-ca")
+OPTIONS = [
+    endpoint_option("where the daemon listens: a path or unix:///path, tcp://HOST:PORT, tls://HOST:PORT or "
+                    "vsock://CID:PORT", default_text=f"$CAPSUDO_SOCKET, else {DEFAULT_ENDPOINT}"),
+    Option("interactive", FLAG, False, "interactive session: the program gets a terminal", short="i",
+           excludes=("non-interactive",)),
+    Option("non-interactive", FLAG, False, "non-interactive session", short="n", excludes=("interactive",),
+           default_text="unless stdin and stdout are both terminals"),
+    Option("shell", FLAG, False, "run $SHELL (or sh)", short="s"),
+    Option("env", LIST, (), "ask for an environment entry (the endpoint may refuse it)", short="e",
+           metavar="KEY=VALUE"),
+    *tls_options(defaults=("$CAPSUDO_TLS_CERT", "$CAPSUDO_TLS_KEY", "$CAPSUDO_TLS_CA")),
+]
+TLS_FIELDS = ("tls-cert", "tls-key", "tls-ca")
 
 
 def _error(message: str) -> None:
@@ -45,32 +42,19 @@ def _error(message: str) -> None:
 
 
 def _parse(argv: list[str]):
-    options, operands = parse_options(argv, SHORT, LONG)
-    endpoint = None
-    interactive = None
-    shell = False
-    env_entries: list[str] = []
-    tls_paths: dict[str, str] = {}
-    for name, value in options:
-        if name in ("-h", "--help"):
-            return None
-        if name == "-S":
-            endpoint = value
-        elif name in TLS_FLAGS:
-            tls_paths[name] = value
-        elif name == "-i":
-            interactive = True
-        elif name == "-n":
-            interactive = False
-        elif name == "-s":
-            shell = True
-        elif name == "-e":
-            if "=" not in value or value.startswith("="):
-                raise UsageError(f"-e takes KEY=VALUE, got {value!r}")
-            env_entries.append(value)
-    if shell:
+    values, labels, operands = read_command_line(OPTIONS, argv)
+    if values is None or values == "version":
+        return values
+    interactive = True if "interactive" in values else False if "non-interactive" in values else None
+    env_entries = values.get("env", [])
+    for value in env_entries:
+        if "=" not in value or value.startswith("="):
+            raise UsageError(f"{labels['env']} takes KEY=VALUE, got {value!r}")
+    # Keyed by flag, as the messages name them.
+    tls_paths = {f"--{field}": values[field] for field in TLS_FIELDS if field in values}
+    if "shell" in values:
         operands = [os.environ.get("SHELL") or "sh", *operands]
-    return endpoint or default_endpoint(), tls_paths, interactive, env_entries, operands
+    return values.get("endpoint") or default_endpoint(), tls_paths, interactive, env_entries, operands
 
 
 def _unix_path(endpoint: str) -> str | None:
@@ -123,11 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parsed = _parse(sys.argv[1:] if argv is None else argv)
     except UsageError as exc:
-        _error(f"{exc} (see capsudo -h)")
-        return 2
+        return usage_error("capsudo", exc)
     if parsed is None:
-        sys.stdout.write(USAGE)
+        sys.stdout.write(usage_text(SYNOPSIS, DESCRIPTION, OPTIONS))
         return 0
+    if parsed == "version":
+        from capsudo.core import command_line_status
+
+        return command_line_status("capsudo", "", (parsed,))
     endpoint, tls_paths, interactive, env_entries, program = parsed
     try:
         path = _unix_path(endpoint)

@@ -15,6 +15,36 @@ __all__ = [
     "UsageError",
     "parse_options",
     "number_option",
+    # option tables and the configuration of an endpoint
+    "FLAG",
+    "TEXT",
+    "LIST",
+    "INTEGER",
+    "SECONDS",
+    "BYTES",
+    "Option",
+    "read_command_line",
+    "command_line_status",
+    "usage_error",
+    "usage_text",
+    "convert",
+    "Labels",
+    "endpoint_option",
+    "tls_options",
+    "socket_options",
+    "pin_options",
+    "connection_limit_options",
+    "handshake_limit_options",
+    "handshake_timeout_option",
+    "hangup_grace_option",
+    "channel_limit_options",
+    "daemon_options",
+    "config_fields",
+    "TLS_SECTION",
+    "LIMITS_SECTION",
+    "CHANNEL_SECTION",
+    "EndpointConfig",
+    "build_config",
     "Policy",
     "attenuate",
     "resolve_program",
@@ -25,6 +55,7 @@ __all__ = [
     "ClientRequest",
     "build_request",
     "default_endpoint",
+    "DEFAULT_ENDPOINT",
     "forwarded_environment",
     "FORWARDED_VARIABLES",
     "SessionResult",
@@ -68,6 +99,9 @@ _HOME = {
     "UsageError": "._options",
     "parse_options": "._options",
     "number_option": "._options",
+    **dict.fromkeys(['FLAG', 'TEXT', 'LIST', 'INTEGER', 'SECONDS', 'BYTES'] + ['Option', 'read_command_line', 'command_line_status', 'usage_error', 'usage_text', 'convert', 'Labels'], "._option_table"),
+    **dict.fromkeys(['endpoint_option', 'tls_options', 'socket_options', 'pin_options', 'connection_limit_options', 'handshake_limit_options', 'handshake_timeout_option', 'hangup_grace_option', 'channel_limit_options', 'daemon_options', 'config_fields', 'TLS_SECTION', 'LIMITS_SECTION', 'CHANNEL_SECTION'], "._option_groups"),
+    **dict.fromkeys(['EndpointConfig', 'build_config'], "._endpoint_config"),
     "Policy": "._policy",
     "attenuate": "._policy",
     "resolve_program": "._policy",
@@ -78,6 +112,7 @@ _HOME = {
     "ClientRequest": "._client_request",
     "build_request": "._client_request",
     "default_endpoint": "._client_request",
+    "DEFAULT_ENDPOINT": "._client_request",
     "forwarded_environment": "._client_request",
     "FORWARDED_VARIABLES": "._client_request",
     "SessionResult": "._unix_client",
@@ -105,7 +140,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _HOME, __all__)
 
 
 if TYPE_CHECKING:
-    from ._client_request import (FORWARDED_VARIABLES, ClientError, ClientRequest, build_request,
+    from ._client_request import (DEFAULT_ENDPOINT, FORWARDED_VARIABLES, ClientError, ClientRequest, build_request,
                                   default_endpoint, forwarded_environment)
     from ._channel_client import run_endpoint_session
     from ._daemon_session import Hangup, serve_session
@@ -119,5 +154,10 @@ if TYPE_CHECKING:
     from ._library import run
     from ._limits import ConnectionLimits, SessionLimits
     from ._options import UsageError, number_option, parse_options
+    from ._option_table import BYTES, FLAG, INTEGER, LIST, SECONDS, TEXT, Labels, Option, command_line_status, convert, read_command_line, usage_error, usage_text
+    from ._option_groups import (CHANNEL_SECTION, LIMITS_SECTION, TLS_SECTION, channel_limit_options, config_fields, connection_limit_options, daemon_options,
+                                 endpoint_option, handshake_limit_options, handshake_timeout_option,
+                                 hangup_grace_option, pin_options, socket_options, tls_options)
+    from ._endpoint_config import EndpointConfig, build_config
     from ._policy import SAFE_PATH, Policy, attenuate, resolve_program
     from ._unix_client import SessionResult, run_unix_session

@@ -1,77 +1,80 @@
-"""The proxy's command line, checked."""
+"""The proxy's options, its table and its command line, checked.
+
+The listening side is an endpoint like a daemon's (the shared groups:
+endpoint, socket, TLS, connection and handshake limits, read into an
+EndpointConfig); the proxy adds its TARGET and the TLS it connects there with.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from capsudo.core import ConnectionLimits, SessionLimits, UsageError, number_option, parse_options
-from capsudo.transport import DEFAULT_MODE, Endpoint, Owner, TlsOptions, parse_endpoint, parse_mode, parse_owner
+from capsudo.core import (FLAG, ConnectionLimits, Option, SessionLimits, UsageError, build_config,
+                          connection_limit_options, endpoint_option, handshake_limit_options, read_command_line,
+                          socket_options, tls_options)
+from capsudo.transport import Endpoint, Owner, TlsOptions, parse_endpoint
+
+TARGET_TLS_SECTION = "TLS towards a tls:// TARGET"
+TARGET_TLS_FIELDS = ("target-tls-cert", "target-tls-key", "target-tls-ca")
 
 
-@dataclass
+def proxy_options() -> list[Option]:
+    return [
+        endpoint_option("where to listen", excludes=("stdio",)),
+        Option("stdio", FLAG, False, "serve one session on stdin/stdout as the accepting side of a multiplexed "
+               "channel (what ssh:// runs)", excludes=("endpoint",)),
+        *socket_options("a Unix LISTEN socket"),
+        *tls_options(aliases=True),
+        *tls_options("target-", TARGET_TLS_SECTION,
+                     ("$CAPSUDO_TLS_CERT", "$CAPSUDO_TLS_KEY", "$CAPSUDO_TLS_CA")),
+        *connection_limit_options(),
+        *handshake_limit_options(),
+    ]
+
+
+@dataclass(frozen=True)
 class ProxySettings:
     target: Endpoint
-    listen: Endpoint | None = None
-    stdio: bool = False
-    owner: Owner | None = None
-    mode: int = DEFAULT_MODE
-    allow_unsafe_directory: bool = False
-    listen_tls: TlsOptions | None = None
-    target_tls: TlsOptions | None = None
-    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
-    limits: SessionLimits = field(default_factory=SessionLimits)
+    listen: Endpoint | None
+    stdio: bool
+    owner: Owner | None
+    mode: int
+    allow_unsafe_directory: bool
+    listen_tls: TlsOptions | None
+    target_tls: TlsOptions | None
+    connections: ConnectionLimits
+    limits: SessionLimits
 
 
-def _tls(cert: str | None, key: str | None, ca: str | None, what: str) -> TlsOptions | None:
-    if cert is None and key is None and ca is None:
-        return None
-    if ca is None:
-        raise UsageError(f"{what} needs a CA certificate as well")
+def _target_tls(values, labels) -> TlsOptions | None:
+    cert, key, ca = (values.get(field) for field in TARGET_TLS_FIELDS)
     try:
+        if cert is None and key is None and ca is None:
+            return TlsOptions.from_environment()
+        if ca is None:
+            raise UsageError(f"{labels['target-tls-cert' if cert else 'target-tls-key']} needs "
+                             f"{labels['target-tls-ca']} as well")
         return TlsOptions(cert, key, ca)
     except ValueError as exc:
-        raise UsageError(f"{what}: {exc}") from None
+        raise UsageError(f"--target-tls-*: {exc}") from None
 
 
-def parse_command_line(argv, short, long) -> ProxySettings | None:
-    options, operands = parse_options(argv, short, long)
-    values: dict[str, str | None] = {}
-    for name, value in options:
-        if name in ("-h", "--help"):
-            return None
-        values[name] = value
+def parse_command_line(argv) -> ProxySettings | None:
+    """The settings argv describes; None for -h or -V. Raises UsageError."""
+    values, labels, operands = read_command_line(proxy_options(), argv)
+    if values is None or values == "version":
+        return None
     if len(operands) != 1:
         raise UsageError("exactly one TARGET endpoint is needed" if not operands else f"unexpected argument {operands[1]!r}")
-    stdio = "--stdio" in values
-    if stdio == ("-S" in values):
+    stdio = bool(values.pop("stdio", False))
+    if not stdio and "endpoint" not in values:
         raise UsageError("give either -S LISTEN or --stdio")
+    target_tls = _target_tls({field: values.pop(field) for field in TARGET_TLS_FIELDS if field in values}, labels)
     try:
-        settings = ProxySettings(target=parse_endpoint(operands[0]), stdio=stdio)
-        if "-S" in values:
-            settings.listen = parse_endpoint(values["-S"])
-        if "-o" in values:
-            settings.owner = parse_owner(values["-o"])
-        if "-m" in values:
-            settings.mode = parse_mode(values["-m"])
-        settings.allow_unsafe_directory = "--allow-unsafe-directory" in values
-        target_tls = _tls(values.get("--target-tls-cert"), values.get("--target-tls-key"),
-                          values.get("--target-tls-ca"), "--target-tls-*")
-        settings.target_tls = target_tls or TlsOptions.from_environment()
+        target = parse_endpoint(operands[0])
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    settings.listen_tls = _tls(values.get("--tls-cert"), values.get("--tls-key"),
-                               values.get("--tls-client-ca"), "--tls-cert/--tls-key/--tls-client-ca")
-    connections = {}
-    for flag in ("--max-sessions", "--max-sessions-per-peer", "--max-handshakes", "--max-handshakes-per-peer"):
-        if flag in values:
-            connections[flag[2:].replace("-", "_")] = number_option(flag, values[flag], int, 1)
-    settings.connections = ConnectionLimits(**connections)
-    limits = {}
-    if "--handshake-timeout" in values:
-        limits["handshake_timeout"] = number_option("--handshake-timeout", values["--handshake-timeout"], float, 0.001)
-    if "--max-items" in values:
-        limits["max_items"] = number_option("--max-items", values["--max-items"], int, 1)
-    if "--max-bytes" in values:
-        limits["max_bytes"] = number_option("--max-bytes", values["--max-bytes"], int, 1)
-    settings.limits = SessionLimits(**limits)
-    return settings
+    listening = build_config(values, labels, proxy_options())
+    return ProxySettings(target, listening.address, stdio, listening.owner, listening.mode,
+                         listening.allow_unsafe_directory, listening.tls, target_tls,
+                         listening.connection_limits, listening.session_limits)

@@ -6,71 +6,54 @@ import os
 import shutil
 import sys
 
-from capsudo.core import SAFE_PATH, UsageError, number_option, parse_options
+from capsudo.core import (INTEGER, LIMITS_SECTION, SAFE_PATH, SECONDS, TEXT, Option, UsageError, build_config,
+                          command_line_status, convert, endpoint_option, handshake_timeout_option, read_command_line,
+                          socket_options, usage_error, usage_text)
 
-from ._settings import (DEFAULT_FAIL_DELAY, DEFAULT_FAILURE_WINDOW, DEFAULT_MAX_FAILURES, DEFAULT_SERVICE,
-                        FrontEndSettings)
+from ._settings import DEFAULT_SERVICE, FrontEndSettings
 
-USAGE = f"""\
+SYNOPSIS = """\
 usage: capsudod-pwauth -S endpoint [-o user[:group]] [-m mode] [--service NAME]
-                       [limits] [--] [command [args...]]
+                       [limits] [--] [command [args...]]"""
 
+DESCRIPTION = """\
 Ask whoever connects for their own password, check it through PAM, and
 hand the connection to the command (default: capsudod), which serves the
-session as if the client had come straight to it.
+session as if the client had come straight to it."""
 
-  -S endpoint        listen on this Unix socket (a path or unix:///path)
-  -o user[:group]    owner of the socket (names or numbers; :group alone)
-  -m mode            octal permissions of the socket (default 0770)
-  --allow-unsafe-directory
-                     listen in a directory that another user owns or that
-                     group or others may write (not sticky); refused otherwise
-  --service NAME     PAM service, /etc/pam.d/NAME must exist (default {DEFAULT_SERVICE})
-  -h                 show this help
+INTROS = {LIMITS_SECTION: "Times take 30s, 5m, 500ms or plain seconds."}
 
-limits:
-  --handshake-timeout S    seconds a client has to send its first message (default 10)
-  --fail-delay S           seconds from the start of a failed check to the
-                           reply (default {DEFAULT_FAIL_DELAY:g}); checks for one user run one at a time
-  --max-failures N         failures within the window that lock a user out
-                           (default {DEFAULT_MAX_FAILURES}; 0: no lock-out)
-  --failure-window S       seconds a failure counts (default {DEFAULT_FAILURE_WINDOW:g})
-  --pam-timeout S          seconds PAM may take before the check fails (default 30)
-  --max-pam-threads N      PAM checks running at once (default 4)
-  --max-clients N          connections being authenticated at once (default 64)
-  --max-clients-per-user N the same, per user (default 8)
-  --shutdown-grace S       on SIGTERM, seconds chained commands get between
-                           SIGTERM and SIGKILL (default 5)
-"""
 
-SHORT = {"S": True, "o": True, "m": True, "h": False}
-LONG = {
-    "help": False,
-    "allow-unsafe-directory": False,
-    "service": True,
-    "handshake-timeout": True,
-    "fail-delay": True,
-    "max-failures": True,
-    "failure-window": True,
-    "pam-timeout": True,
-    "max-pam-threads": True,
-    "max-clients": True,
-    "max-clients-per-user": True,
-    "shutdown-grace": True,
-}
+def pwauth_options() -> list[Option]:
+    defaults = FrontEndSettings
+    section = LIMITS_SECTION
+    return [
+        endpoint_option("listen on this Unix socket (a path or unix:///path)"),
+        *socket_options("the socket"),
+        Option("service", TEXT, DEFAULT_SERVICE, "PAM service, /etc/pam.d/NAME must exist", metavar="NAME"),
+        handshake_timeout_option().replace(help="time a client has to send its first message"),
+        Option("fail-delay", SECONDS, defaults.fail_delay, "time from the start of a failed check to the reply; "
+               "checks for one user run one at a time", section=section),
+        Option("max-failures", INTEGER, defaults.max_failures, "failures within the window that lock a user out "
+               "(0: no lock-out)", section=section),
+        Option("failure-window", SECONDS, defaults.failure_window, "how long a failure counts", minimum=0.001,
+               section=section),
+        Option("pam-timeout", SECONDS, defaults.pam_timeout, "time PAM may take before the check fails",
+               minimum=0.001, section=section),
+        Option("max-pam-threads", INTEGER, defaults.max_pam_threads, "PAM checks running at once", minimum=1,
+               section=section),
+        Option("max-clients", INTEGER, defaults.max_clients, "connections being authenticated at once",
+               minimum=1, section=section),
+        Option("max-clients-per-user", INTEGER, defaults.max_clients_per_user, "the same, per user", minimum=1,
+               section=section),
+        Option("shutdown-grace", SECONDS, defaults.shutdown_grace, "on SIGTERM, time chained commands get "
+               "between SIGTERM and SIGKILL", section=section),
+    ]
 
-# option -> (settings field, number type, smallest value)
-_NUMBERS = {
-    "--handshake-timeout": ("handshake_timeout", float, 0.001),
-    "--fail-delay": ("fail_delay", float, 0),
-    "--max-failures": ("max_failures", int, 0),
-    "--failure-window": ("failure_window", float, 0.001),
-    "--pam-timeout": ("pam_timeout", float, 0.001),
-    "--max-pam-threads": ("max_pam_threads", int, 1),
-    "--max-clients": ("max_clients", int, 1),
-    "--max-clients-per-user": ("max_clients_per_user", int, 1),
-    "--shutdown-grace": ("shutdown_grace", float, 0),
-}
+
+def usage() -> str:
+    return usage_text(SYNOPSIS, DESCRIPTION, pwauth_options(), INTROS)
+
 
 PAM_DIRECTORY = "/etc/pam.d"
 
@@ -80,46 +63,35 @@ class StartupError(Exception):
 
 
 def parse_command_line(argv: list[str]) -> FrontEndSettings | None:
-    """Settings from argv; None for -h. Raises UsageError."""
-    from capsudo.transport import parse_endpoint, parse_mode, parse_owner
-
-    options, command = parse_options(argv, SHORT, LONG)
-    settings = FrontEndSettings()
-    for name, value in options:
-        if name in ("-h", "--help"):
-            return None
-        if name == "-S":
-            try:
-                endpoint = parse_endpoint(value)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-            if not endpoint.passes_descriptors:
-                # The chained daemon reads the rest of the handshake from the very socket.
-                raise UsageError(f"{value}: the password front-end listens only on a Unix socket")
-            settings.endpoint = endpoint.path
-        elif name in ("-o", "-m"):
-            try:
-                if name == "-o":
-                    settings.owner = parse_owner(value)
-                else:
-                    settings.mode = parse_mode(value)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-        elif name == "--allow-unsafe-directory":
-            settings.allow_unsafe_directory = True
-        elif name == "--service":
-            # The name becomes a file name under /etc/pam.d.
-            if not value or "/" in value or value.startswith("."):
-                raise UsageError(f"invalid PAM service name {value!r}")
-            settings.service = value
-        else:
-            field_name, kind, minimum = _NUMBERS[name]
-            setattr(settings, field_name, number_option(name, value, kind, minimum))
-    if not settings.endpoint:
+    """Settings from argv; None for -h or -V. Raises UsageError."""
+    table = pwauth_options()
+    values, labels, command = read_command_line(table, argv)
+    if values is None or values == "version":
+        return None
+    if "endpoint" not in values:
         raise UsageError("-S endpoint is required")
+    # The socket and the handshake are an endpoint's, read as the daemon reads them.
+    shared = {field: values.pop(field) for field in _SHARED if field in values}
+    listening = build_config(shared, labels, table)
+    if not listening.address.passes_descriptors:
+        # The chained daemon reads the rest of the handshake from the very socket.
+        raise UsageError(f"{shared['endpoint']}: the password front-end listens only on a Unix socket")
+    settings = FrontEndSettings(endpoint=listening.address.path, owner=listening.owner, mode=listening.mode,
+                                allow_unsafe_directory=listening.allow_unsafe_directory,
+                                handshake_timeout=listening.session_limits.handshake_timeout)
+    options = {option.name: option for option in table}
+    for field, raw in values.items():
+        value = convert(options[field], raw, labels[field])
+        if field == "service" and (not value or "/" in value or value.startswith(".")):
+            # The name becomes a file name under /etc/pam.d.
+            raise UsageError(f"invalid PAM service name {value!r}")
+        setattr(settings, field.replace("-", "_"), value)
     if command:
         settings.command = tuple(command)
     return settings
+
+
+_SHARED = ("endpoint", "owner", "mode", "allow-unsafe-directory", "handshake-timeout")
 
 
 def check_service(service: str, directory: str = PAM_DIRECTORY) -> None:
@@ -161,20 +133,20 @@ def _load_pam() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        settings = parse_command_line(sys.argv[1:] if argv is None else argv)
+        status = command_line_status("capsudod-pwauth", usage(), read_command_line(pwauth_options(), argv))
+        if status is not None:
+            return status
+        settings = parse_command_line(argv)
     except UsageError as exc:
-        sys.stderr.write(f"capsudod-pwauth: {exc} (see capsudod-pwauth -h)\n")
-        return 2
-    if settings is None:
-        sys.stdout.write(USAGE)
-        return 0
+        return usage_error("capsudod-pwauth", exc)
     try:
         check_service(settings.service)
         settings.command = (resolve_command(settings.command[0]), *settings.command[1:])
         _load_pam()
     except StartupError as exc:
-        sys.stderr.write(f"capsudod-pwauth: {exc}\n")
+        sys.stderr.write(f"capsudod-pwauth: error: {exc}\n")
         return 1
 
     import trio

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from capsudo.core import SessionLimits
+from capsudo.transport import DEFAULT_MODE
+
 DEFAULT_SERVICE = "capsudo"
 DEFAULT_COMMAND = ("capsudod",)
 
@@ -23,13 +26,13 @@ MAX_SECRET = 4096
 class FrontEndSettings:
     endpoint: str = ""
     owner: object = None
-    mode: int = 0o770
+    mode: int = DEFAULT_MODE
     # Listen even where another user could swap files beside the socket.
     allow_unsafe_directory: bool = False
     service: str = DEFAULT_SERVICE
     command: tuple[str, ...] = DEFAULT_COMMAND
     # Seconds a client has, once connected, to send its first message.
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = SessionLimits.handshake_timeout
     # Seconds from the start of a failed check to the reply.
     fail_delay: float = DEFAULT_FAIL_DELAY
     # Failures within the window that lock the user out; 0 turns the lock off.

@@ -32,6 +32,7 @@ __all__ = [
     "MuxConnection",
     "MuxStream",
     "DEFAULT_STREAM_BUFFER",
+    "ChannelLimits",
     "DEFAULT_EXIT_GRACE",
     "SESSION_DIRECTIONS",
     "default_directions",
@@ -88,7 +89,8 @@ _HOME = {
     "BlockingUnixConnection": "._blocking_unix",
     "MuxConnection": "._mux",
     "MuxStream": "._mux",
-    "DEFAULT_STREAM_BUFFER": "._mux",
+    "DEFAULT_STREAM_BUFFER": "._channel_limits",
+    "ChannelLimits": "._channel_limits",
     "MuxChannel": "._mux_channel",
     "DEFAULT_EXIT_GRACE": "._mux_channel",
     "SESSION_DIRECTIONS": "._mux_channel",
@@ -130,7 +132,8 @@ if TYPE_CHECKING:
     from ._listen import Listener, NetworkListener, TlsListener, exposure_warning, open_listener
     from ._fdstream import DescriptorView, SocketView, open_view
     from ._listener import EndpointError, UnixListener, open_unix_listener
-    from ._mux import DEFAULT_STREAM_BUFFER, MuxConnection, MuxStream
+    from ._channel_limits import DEFAULT_STREAM_BUFFER, ChannelLimits
+    from ._mux import MuxConnection, MuxStream
     from ._mux_channel import DEFAULT_EXIT_GRACE, SESSION_DIRECTIONS, MuxChannel, default_directions
     from ._ssh import SshChannel, ssh_command_line
     from ._owner import DEFAULT_MODE, Owner, parse_mode, parse_owner

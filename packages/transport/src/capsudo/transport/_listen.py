@@ -25,6 +25,7 @@ import trio
 from ._address import (Endpoint, SshEndpoint, TcpEndpoint, TlsEndpoint, UnixEndpoint, VsockEndpoint, as_endpoint,
                        bracket)
 from ._channel import MessageChannel
+from ._channel_limits import ChannelLimits
 from ._connect import DEFAULT_HANDSHAKE_TIMEOUT, fail_handshake, os_reason
 from ._listener import EndpointError, open_unix_listener
 from ._mux import _TaskGroup
@@ -87,7 +88,8 @@ def exposure_warning(endpoint: Endpoint | str, bound_host: str | None = None) ->
 class NetworkListener:
     """Accepts connections on a TCP or vsock endpoint as accepting MuxChannels."""
 
-    def __init__(self, listener: trio.SocketListener, endpoint: Endpoint, **channel_options) -> None:
+    def __init__(self, listener: trio.SocketListener, endpoint: Endpoint, *,
+                 channel_limits: ChannelLimits = ChannelLimits(), nursery: trio.Nursery | None = None) -> None:
         self.endpoint = endpoint
         self._listener = listener
         self.socket = listener.socket
@@ -98,7 +100,8 @@ class NetworkListener:
         self.warning = exposure_warning(endpoint, bound_host)
         #: True for a tcp:// listener on an address other machines can reach.
         self.exposed_to_network = self.warning is not None and not _is_loopback(bound_host or "")
-        self._channel_options = channel_options
+        self.channel_limits = channel_limits
+        self._nursery = nursery  # where accepted channels run their pumps
 
     @property
     def port(self) -> int:
@@ -117,7 +120,8 @@ class NetworkListener:
             peer = stream.socket.getpeername()
         except OSError:
             peer = "?"
-        channel = MuxChannel(stream, "accepting", description=self._describe(peer), **self._channel_options)
+        channel = MuxChannel(stream, "accepting", description=self._describe(peer), nursery=self._nursery,
+                             **self.channel_limits.channel_arguments())
         channel.source = self._source(peer)
         return channel
 
@@ -192,9 +196,9 @@ class TlsListener(NetworkListener):
         max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
         on_handshake_error: HandshakeErrorHandler | None = None,
         nursery: trio.Nursery | None = None,
-        **channel_options,
+        channel_limits: ChannelLimits = ChannelLimits(),
     ) -> None:
-        super().__init__(listener, endpoint, nursery=nursery, **channel_options)
+        super().__init__(listener, endpoint, channel_limits=channel_limits, nursery=nursery)
         self.warning = None
         self.exposed_to_network = False
         self._context = context
@@ -219,7 +223,8 @@ class TlsListener(NetworkListener):
         except trio.ClosedResourceError:
             raise trio.ClosedResourceError("the listener is closed") from None
         description = f"tls {_address_text(peer)} ({_subject(ssl_stream.getpeercert())})"
-        channel = MuxChannel(ssl_stream, "accepting", description=description, **self._channel_options)
+        channel = MuxChannel(ssl_stream, "accepting", description=description, nursery=self._nursery,
+                             **self.channel_limits.channel_arguments())
         # The certificate, not the address: one holder is one identity, wherever it connects from.
         channel.source = _certificate_source(ssl_stream)
         return channel
@@ -331,7 +336,7 @@ async def open_listener(
     on_handshake_error: HandshakeErrorHandler | None = None,
     nursery: trio.Nursery | None = None,
     allow_unsafe_directory: bool = False,
-    **channel_options,
+    channel_limits: ChannelLimits = ChannelLimits(),
 ) -> Listener:
     """A listener on `endpoint` whose accept() returns a MessageChannel.
 
@@ -354,7 +359,7 @@ async def open_listener(
         raise EndpointError(f"cannot listen on {endpoint}: an ssh:// endpoint can only be connected to")
     if isinstance(endpoint, VsockEndpoint):
         listener = await listen_vsock(endpoint.cid, endpoint.port, str(endpoint), backlog)
-        return NetworkListener(listener, endpoint, nursery=nursery, **channel_options)
+        return NetworkListener(listener, endpoint, nursery=nursery, channel_limits=channel_limits)
     if isinstance(endpoint, TlsEndpoint):
         if tls is None or tls.cert is None:
             raise EndpointError(
@@ -370,7 +375,7 @@ async def open_listener(
             handshake_timeout=handshake_timeout,
             on_handshake_error=on_handshake_error,
             nursery=nursery,
-            **channel_options,
+            channel_limits=channel_limits,
         )
     listener = await _listen_tcp(endpoint, backlog)
-    return NetworkListener(listener, endpoint, nursery=nursery, **channel_options)
+    return NetworkListener(listener, endpoint, nursery=nursery, channel_limits=channel_limits)

@@ -65,14 +65,13 @@ from capsudo.proto import (
     encode_frame,
 )
 
+from ._channel_limits import DEFAULT_STREAM_BUFFER
 from ._tls import describe_tls_failure, find_ssl_error, is_refusal_of_our_certificate
 
 log = logging.getLogger("capsudo.transport.mux")
 
 Role = Literal["dialing", "accepting"]
 
-#: How much one stream buffers on the way in before the reader stops reading the link.
-DEFAULT_STREAM_BUFFER = 256 * 1024
 #: How many streams a peer may announce on one connection (a session needs three).
 DEFAULT_MAX_STREAMS = 64
 #: Control messages and stream announcements received but not yet taken by receive().
