@@ -30,6 +30,7 @@ __all__ = [
     "SessionResult",
     "run_unix_session",
     "run_endpoint_session",
+    "run_lean_channel_session",
     "run",
     "serve_session",
     "Hangup",
@@ -82,6 +83,7 @@ _HOME = {
     "SessionResult": "._unix_client",
     "run_unix_session": "._unix_client",
     "run_endpoint_session": "._channel_client",
+    "run_lean_channel_session": "._lean_channel_client",
     "run": "._library",
     "serve_session": "._daemon_session",
     **dict.fromkeys(["serve", "ServedEndpoint", "stop_on_signals", "STOP_SIGNALS", "AcceptBackoff", "Logger"],
@@ -107,6 +109,7 @@ if TYPE_CHECKING:
     from ._client_request import (FORWARDED_VARIABLES, ClientError, ClientRequest, build_request,
                                   default_endpoint, forwarded_environment)
     from ._channel_client import run_endpoint_session
+    from ._lean_channel_client import run_lean_channel_session
     from ._daemon_session import Hangup, serve_session
     from ._secret_prompt import ask_secret
     from ._serving import STOP_SIGNALS, AcceptBackoff, Logger, ServedEndpoint, serve, stop_on_signals

@@ -72,7 +72,7 @@ log = logging.getLogger("capsudo.transport.mux")
 Role = Literal["dialing", "accepting"]
 
 #: How much one stream buffers on the way in before the reader stops reading the link.
-DEFAULT_STREAM_BUFFER = 256 * 1024
+from capsudo.proto._limits import DEFAULT_STREAM_BUFFER  # noqa: E402  (one value for both drivers)
 #: How many streams a peer may announce on one connection (a session needs three).
 DEFAULT_MAX_STREAMS = 64
 #: Control messages and stream announcements received but not yet taken by receive().

@@ -14,7 +14,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ._listener import EndpointError
+from ._errors import EndpointError
 
 ENV_CERT = "CAPSUDO_TLS_CERT"
 ENV_KEY = "CAPSUDO_TLS_KEY"
