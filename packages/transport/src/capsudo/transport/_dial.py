@@ -59,6 +59,11 @@ class Link:
         self.socket = sock
         self.description = description
         self.tls = tls
+        self._not_now: tuple[type[OSError], ...] = (BlockingIOError,)
+        if tls:
+            import ssl
+
+            self._not_now = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
     def fileno(self) -> int:
         return self.socket.fileno()
@@ -70,13 +75,13 @@ class Link:
     def recv(self, size: int) -> bytes | None:
         try:
             return self.socket.recv(size)
-        except BlockingIOError:  # ssl's SSLWantReadError and SSLWantWriteError are among these
+        except self._not_now:
             return None
 
     def send(self, data) -> int | None:
         try:
             return self.socket.send(data)
-        except BlockingIOError:
+        except self._not_now:
             return None
 
     def close(self) -> None:
@@ -92,7 +97,7 @@ class Link:
             if self.tls:
                 try:
                     sock.unwrap()  # sends our close_notify; the peer's is not awaited
-                except (BlockingIOError, OSError, ValueError):
+                except (OSError, ValueError):
                     pass
             sock.shutdown(socket.SHUT_WR)
             poller = select.poll()
