@@ -49,8 +49,8 @@ from typing import Literal
 
 import trio
 
-from capsudo.proto import DEFAULT_STREAM_BUFFER as proto_default_stream_buffer
 from capsudo.proto import (
+    DEFAULT_STREAM_BUFFER,
     DATA_FRAME_SIZE,
     DEFAULT_MAX_FRAME_PAYLOAD,
     ControlFrame,
@@ -72,8 +72,6 @@ log = logging.getLogger("capsudo.transport.mux")
 
 Role = Literal["dialing", "accepting"]
 
-#: How much one stream buffers on the way in before the reader stops reading the link.
-DEFAULT_STREAM_BUFFER = proto_default_stream_buffer
 #: How many streams a peer may announce on one connection (a session needs three).
 DEFAULT_MAX_STREAMS = 64
 #: Control messages and stream announcements received but not yet taken by receive().

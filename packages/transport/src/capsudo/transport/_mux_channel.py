@@ -27,8 +27,8 @@ from collections.abc import Sequence
 
 import trio
 
-from capsudo.proto import DEFAULT_EXIT_GRACE as proto_default_exit_grace
 from capsudo.proto import (
+    DEFAULT_EXIT_GRACE,
     DATA_FRAME_SIZE,
     DEFAULT_MAX_FRAME_PAYLOAD,
     Direction,
@@ -43,8 +43,6 @@ from ._channel import MessageChannel, Received, close_fds
 from ._fdstream import DescriptorView, SocketView, open_view
 from ._mux import DEFAULT_MAX_STREAMS, DEFAULT_PROBE_INTERVAL, DEFAULT_STREAM_BUFFER, MuxConnection, MuxStream, Role
 
-#: How long output streams may stay quiet, once the session's outcome is known, before it is delivered anyway.
-DEFAULT_EXIT_GRACE = proto_default_exit_grace
 
 #: A session's descriptors: stdin is read and forwarded, stdout and stderr are written into.
 SESSION_DIRECTIONS = (Direction.READ, Direction.WRITE, Direction.WRITE)
