@@ -139,6 +139,7 @@ class _Session:
         self.outcome_at = 0.0
         self.link_ended = False
         self.write_failure: OSError | None = None
+        self.read_failure: OSError | None = None  # reported once what arrived before it is written out
         self.write_failed_at = 0.0
         self.poller = select.poll()
         self.registered: dict[int, int] = {}
@@ -206,6 +207,8 @@ class _Session:
             if self.status is not None or self.link_ended:
                 if self._outputs_finished(outputs):
                     if self.status is None:
+                        if self.read_failure is not None:
+                            raise self._link_failure("connection to the daemon lost", self.read_failure)
                         if self.write_failure is not None:
                             raise self._link_failure("connection lost during the handshake"
                                                      if self.handshake_left > 0 else "connection to the daemon lost",
@@ -312,10 +315,11 @@ class _Session:
             try:
                 data = self.link.recv(DATA_FRAME_SIZE)
             except OSError as exc:
-                if self.status is not None:
-                    self.link_ended = True
-                    return
-                raise self._link_failure("connection to the daemon lost", exc) from None
+                # As on trio, the output that arrived before a reset still reaches its reader.
+                self.link_ended = True
+                if self.status is None:
+                    self.read_failure = exc
+                return
             if data is None:
                 return
             if not data:
@@ -334,7 +338,8 @@ class _Session:
             if isinstance(exc, (ssl.SSLError, ssl.CertificateError)):
                 reason = describe_tls_failure(exc, server_side=False)
                 return ClientError(f"the daemon refused the TLS connection: {reason}")
-        return ClientError(f"{what}: {exc.strerror or exc or type(exc).__name__}")
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return ClientError(f"{what}: the connection ({self.link.description}) broke: {reason}")
 
     def _decode(self) -> None:
         outputs = self.descriptors[1:]
@@ -361,6 +366,8 @@ class _Session:
             if len(self.inbound) < header_size or len(self.inbound) < header_size + lean.FRAME_HEADER.unpack(
                 self.inbound[:header_size]
             )[2]:
+                if self.read_failure is not None:
+                    raise self._link_failure("connection to the daemon lost", self.read_failure)
                 raise ClientError("the daemon sent a bad reply: the connection closed in the middle of a frame")
 
     def _dispatch(self, kind: int, stream_id: int, payload: bytes) -> None:
