@@ -89,7 +89,7 @@ _HOME = {
     **dict.fromkeys(["serve", "ServedEndpoint", "stop_on_signals", "STOP_SIGNALS", "AcceptBackoff", "Logger"],
                     "._serving"),
     "ask_secret": "._secret_prompt",
-    "Interrupted": "._terminal",
+    "Interrupted": "._fatal_signals",
     "Hangup": "._daemon_session",
     **dict.fromkeys(["read_request", "daemon_protocol", "Request"], "._handshake"),
     **dict.fromkeys(["Asked", "Allow", "Refuse", "Decision", "attenuating"], "._decision"),
@@ -113,7 +113,7 @@ if TYPE_CHECKING:
     from ._daemon_session import Hangup, serve_session
     from ._secret_prompt import ask_secret
     from ._serving import STOP_SIGNALS, AcceptBackoff, Logger, ServedEndpoint, serve, stop_on_signals
-    from ._terminal import Interrupted
+    from ._fatal_signals import Interrupted
     from ._decision import Allow, Asked, Decision, Refuse, attenuating
     from ._events import (Accepted, Decided, Ended, EventSink, Requested, SessionEvent, SessionRecord,
                           Started)

@@ -20,10 +20,10 @@ multiplexer hold here too:
 
 from __future__ import annotations
 
+import _signal as signal  # the C modules: `signal` and `socket` import enum, milliseconds of every start
+import _socket as socket
 import os
 import select
-import signal
-import socket
 import time
 
 from capsudo.proto import (CLIENT, DATA_FRAME_SIZE, DEFAULT_EXIT_GRACE, DEFAULT_MAX_FRAME_PAYLOAD,
@@ -32,7 +32,7 @@ from capsudo.transport import EndpointError, dial, parse_endpoint, private_acces
 
 from ._client_request import ClientError, terminal_size
 from ._password_flow import CLOSED_BEFORE_STATUS, PasswordFlow, PasswordRequired, follow_reply
-from ._terminal import on_window_change, raw_mode, stop_on_signals
+from ._fatal_signals import stop_on_signals
 from ._unix_client import SessionResult
 
 #: How long the reader may still look for the daemon's reason once a write to the link failed.
@@ -158,6 +158,8 @@ class _Session:
                 if not request.interactive:
                     self._queue_request()
                     return self._loop()
+                from ._terminal import on_window_change, raw_mode  # contextlib and termios: for a terminal only
+
                 # Raw before the descriptors leave: the program may read the
                 # terminal the moment it starts. A password challenge leaves
                 # this block, and the terminal restored, before the secret is asked for.

@@ -3,13 +3,15 @@
 The command line starts for every call, and trio costs it most of a tenth
 of a second; a session needs one connection, which `socket` (and `ssl`,
 imported only for tls://) makes as well. The link is non-blocking after
-the connection (and the TLS handshake) is made, for a selectors loop.
-What each failure says is the same line `_connect` gives on trio.
+the connection (and the TLS handshake) is made, for a poll() loop.
+What each failure says is the same line `_connect` gives on trio. tcp://
+takes `_socket` itself: the `socket` module around it imports enum and
+selectors, a few milliseconds of every start (`ssl` needs it, so tls:// pays).
 """
 
 from __future__ import annotations
 
-import socket
+import _socket as socket
 
 from ._address import TlsEndpoint, bracket
 from ._errors import EndpointError
@@ -55,7 +57,7 @@ class Link:
     socket's readiness does not show.
     """
 
-    def __init__(self, sock: socket.socket, description: str, tls: bool) -> None:
+    def __init__(self, sock, description: str, tls: bool) -> None:
         self.socket = sock
         self.description = description
         self.tls = tls
@@ -116,7 +118,7 @@ def dial(endpoint: TcpEndpoint, tls: TlsOptions | None, handshake_timeout: float
     secure = isinstance(endpoint, TlsEndpoint)
     context = tls.client_context() if secure and tls is not None else None
     try:
-        sock = socket.create_connection((endpoint.host, endpoint.port))
+        sock = _connect(endpoint.host, endpoint.port)
     except OSError as exc:
         raise EndpointError(f"cannot connect to {endpoint}: {os_reason(exc)}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as trio does: a keystroke goes out at once
@@ -127,8 +129,28 @@ def dial(endpoint: TcpEndpoint, tls: TlsOptions | None, handshake_timeout: float
     return Link(_handshake(sock, context, endpoint, handshake_timeout), f"tls {where}", tls=True)
 
 
-def _handshake(sock: socket.socket, context, endpoint: TcpEndpoint, timeout: float) -> socket.socket:
+def _connect(host: str, port: int):
+    """A connected _socket.socket, trying each address in turn as socket.create_connection does."""
+    # An ASCII name goes to getaddrinfo as bytes: a str is encoded with the
+    # idna codec, whose import (re, stringprep, unicodedata) costs more than the lookup.
+    failure: OSError | None = None
+    for family, kind, proto, _, address in socket.getaddrinfo(host.encode() if host.isascii() else host, port,
+                                                              0, socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            failure = exc
+    raise failure or OSError(f"no address for {host}")
+
+
+def _handshake(raw, context, endpoint: TcpEndpoint, timeout: float):
+    import socket as socket_module  # ssl wraps only the module's own sockets
     import ssl
+
+    sock = socket_module.socket(fileno=raw.detach())
 
     from ._tls import TlsHandshakeError, describe_tls_failure
 
