@@ -158,3 +158,56 @@ def test_the_codec_agrees_with_the_construct_layouts(type_code, length, status, 
     assert lean.winsize_payload(rows, cols, xpixels, ypixels) == _layout.WINSIZE_PAYLOAD.build(fields)
     assert lean.winsize_fields(_layout.WINSIZE_PAYLOAD.build(fields)) == (rows, cols, xpixels, ypixels)
     assert lean.exit_status(_layout.EXIT_PAYLOAD.build({"status": status})) == status
+
+
+# Frames: lean's header and Fds records against the construct layouts.
+
+from capsudo.proto import _layout  # noqa: E402
+
+
+@SETTINGS
+@given(st.integers(0, 255), U32, U32)
+def test_frame_header(kind, stream_id, length):
+    assert lean.frame_header(kind, stream_id, length) == _layout.FRAME_HEADER.build(
+        {"kind": kind, "stream_id": stream_id, "length": length}
+    )
+    assert lean.FRAME_HEADER_SIZE == _layout.FRAME_HEADER_SIZE
+
+
+@SETTINGS
+@given(st.lists(st.tuples(U32, st.sampled_from((lean.READ, lean.WRITE, lean.READ_WRITE))), max_size=8))
+def test_fds_records(streams):
+    payload = b"".join(_layout.FDS_RECORD.build({"stream_id": s, "direction": d}) for s, d in streams)
+    assert lean.fds_frame(streams) == _layout.FRAME_HEADER.build(
+        {"kind": lean.FDS_FRAME, "stream_id": 0, "length": len(payload)}
+    ) + payload
+    assert lean.fds_records(payload) == streams
+
+
+@pytest.mark.parametrize(
+    "header, error",
+    [
+        (lean.frame_header(9, 0, 0), "unknown frame kind 9"),
+        (lean.frame_header(lean.STREAM_DATA, 2, 101), "more than the limit of 100"),
+        (lean.frame_header(lean.CONTROL_FRAME, 2, 8), "CONTROL frame on stream 2, expected 0"),
+        (lean.frame_header(lean.FDS_FRAME, 1, 5), "FDS frame on stream 1, expected 0"),
+        (lean.frame_header(lean.STREAM_CLOSE, 2, 1), "StreamClose frame carries no payload"),
+    ],
+)
+def test_frame_header_rules(header, error):
+    with pytest.raises(ProtocolError, match=error):
+        lean.parse_frame_header(header, 100)
+
+
+def test_fds_record_rules():
+    with pytest.raises(ProtocolError, match="not a multiple of 5"):
+        lean.fds_records(b"\0" * 6)
+    with pytest.raises(ProtocolError, match="unknown direction 7"):
+        lean.fds_records(struct.pack("<IB", 0, 7))
+
+
+def test_control_of_frame():
+    assert lean.control_of_frame(lean.arg("x")) == (lean.ARG, b"x")
+    for bad in (b"\1\0\0", lean.arg("x") + b"y", lean.arg("xy")[:-1]):
+        with pytest.raises(ProtocolError, match="exactly one control message"):
+            lean.control_of_frame(bad)

@@ -2,8 +2,9 @@
 
 A Unix endpoint takes the blocking standard-library path, which imports
 neither trio nor construct: that is most of the command's start-up time.
-Every other endpoint (tcp://, tls://, vsock://) runs the session over the
-multiplexed channel on trio, loaded only then.
+tcp:// and tls:// run the multiplexed channel on a poll() loop of the
+standard library, for the same reason; vsock:// and ssh:// run it on trio,
+loaded only then.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def _unix_path(endpoint: str) -> str | None:
 
 def _tls_options(endpoint: str, tls_paths: dict[str, str]):
     """The TLS settings for a tls:// endpoint: flags first, then the environment."""
-    from capsudo.transport import TlsEndpoint, TlsOptions, parse_endpoint
+    from capsudo.transport import TlsEndpoint, parse_endpoint
 
     try:
         parsed = parse_endpoint(endpoint)
@@ -80,6 +81,8 @@ def _tls_options(endpoint: str, tls_paths: dict[str, str]):
         if tls_paths:
             raise UsageError(f"{next(iter(tls_paths))} applies only to a tls:// endpoint")
         return None
+    from capsudo.transport import TlsOptions  # ssl, for tls:// only
+
     try:
         environment = TlsOptions.from_environment()
     except ValueError as exc:
@@ -132,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 
             result = run_unix_session(path, request, ask_secret=_ask_secret, on_retry=on_retry)
         else:
-            from capsudo.core import run_endpoint_session
+            from capsudo.core import run_lean_channel_session
 
-            result = run_endpoint_session(endpoint, request, tls, ask_secret=_ask_secret, on_retry=on_retry)
+            result = run_lean_channel_session(endpoint, request, tls, ask_secret=_ask_secret, on_retry=on_retry)
     except ClientError as exc:
         _error(str(exc))
         return exc.status

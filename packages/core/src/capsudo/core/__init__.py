@@ -61,6 +61,7 @@ __all__ = [
     "SessionResult",
     "run_unix_session",
     "run_endpoint_session",
+    "run_lean_channel_session",
     "run",
     "serve_session",
     "Hangup",
@@ -118,12 +119,13 @@ _HOME = {
     "SessionResult": "._unix_client",
     "run_unix_session": "._unix_client",
     "run_endpoint_session": "._channel_client",
+    "run_lean_channel_session": "._lean_channel_client",
     "run": "._library",
     "serve_session": "._daemon_session",
     **dict.fromkeys(["serve", "ServedEndpoint", "stop_on_signals", "hold_stop_signals", "STOP_SIGNALS", "AcceptBackoff", "Logger"],
                     "._serving"),
     "ask_secret": "._secret_prompt",
-    "Interrupted": "._terminal",
+    "Interrupted": "._fatal_signals",
     "Hangup": "._daemon_session",
     **dict.fromkeys(["read_request", "daemon_protocol", "Request"], "._handshake"),
     **dict.fromkeys(["Asked", "Allow", "Refuse", "Decision", "attenuating"], "._decision"),
@@ -143,10 +145,11 @@ if TYPE_CHECKING:
     from ._client_request import (DEFAULT_ENDPOINT, FORWARDED_VARIABLES, ClientError, ClientRequest, build_request,
                                   default_endpoint, forwarded_environment)
     from ._channel_client import run_endpoint_session
+    from ._lean_channel_client import run_lean_channel_session
     from ._daemon_session import Hangup, serve_session
     from ._secret_prompt import ask_secret
     from ._serving import STOP_SIGNALS, AcceptBackoff, Logger, ServedEndpoint, hold_stop_signals, serve, stop_on_signals
-    from ._terminal import Interrupted
+    from ._fatal_signals import Interrupted
     from ._decision import Allow, Asked, Decision, Refuse, attenuating
     from ._events import (Accepted, Decided, Ended, EventSink, Requested, SessionEvent, SessionRecord,
                           Started)

@@ -7,45 +7,14 @@ the client. Window-size changes are reported through a callback.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: `signal` wraps it in enums, a few milliseconds of every start
 import os
-import signal
 import termios
 import tty
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-FATAL_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
-
-
-class Interrupted(BaseException):
-    """A signal asked the client to stop; carries the signal number."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Turn fatal signals into Interrupted, so `finally` blocks run.
-
-    Only the first one raises: a second signal must not cut short the
-    clean-up (the terminal's restoration) that the first one started.
-    """
-    interrupted = False
-
-    def interrupt(signum, frame) -> None:
-        nonlocal interrupted
-        if not interrupted:
-            interrupted = True
-            raise Interrupted(signum)
-
-    previous = {signum: signal.signal(signum, interrupt) for signum in FATAL_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+from ._fatal_signals import FATAL_SIGNALS, Interrupted, stop_on_signals  # noqa: F401  (named here too)
 
 
 @contextmanager

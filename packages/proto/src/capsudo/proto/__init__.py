@@ -11,13 +11,16 @@ from __future__ import annotations
 TYPE_CHECKING = False
 
 from ._errors import ProtocolError
-from ._limits import DATA_FRAME_SIZE, DEFAULT_MAX_FRAME_PAYLOAD, MAX_CONTROL_PAYLOAD
+from ._limits import (DATA_FRAME_SIZE, DEFAULT_EXIT_GRACE, DEFAULT_MAX_FRAME_PAYLOAD, DEFAULT_STREAM_BUFFER,
+                      MAX_CONTROL_PAYLOAD)
 
 __all__ = [
     "ProtocolError",
     "MAX_CONTROL_PAYLOAD",
     "DEFAULT_MAX_FRAME_PAYLOAD",
     "DATA_FRAME_SIZE",
+    "DEFAULT_STREAM_BUFFER",
+    "DEFAULT_EXIT_GRACE",
     # control messages
     "MessageType",
     "SessionKind",

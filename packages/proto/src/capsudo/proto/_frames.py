@@ -1,4 +1,9 @@
-"""Frames of the multiplexed byte channel, and their sans-I/O decoder."""
+"""Frames of the multiplexed byte channel as typed values, and their sans-I/O decoder.
+
+The bytes of a frame header and of an Fds record, and the rules a header
+must obey, are `lean`'s; this module adds the typed frames, the decoding of
+the control message inside a Control frame, and the handshake budget.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +13,31 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Union
 
-from . import _layout
+from . import lean
 from ._budget import HandshakeBudget
 from ._control import ControlDecoder
 from ._errors import ProtocolError
-from ._layout import CONTROL_HEADER_SIZE, FDS_RECORD_SIZE, FRAME_HEADER_SIZE
 from ._limits import DATA_FRAME_SIZE, DEFAULT_MAX_FRAME_PAYLOAD, MAX_CONTROL_PAYLOAD
 from ._messages import End, Message, encode_message
 
 
+CONTROL_HEADER_SIZE = lean.HEADER_SIZE
+FRAME_HEADER_SIZE = lean.FRAME_HEADER_SIZE
+
+
 class FrameKind(enum.IntEnum):
-    CONTROL = 1
-    FDS = 2
-    STREAM_DATA = 3
-    STREAM_CLOSE = 4
+    CONTROL = lean.CONTROL_FRAME
+    FDS = lean.FDS_FRAME
+    STREAM_DATA = lean.STREAM_DATA
+    STREAM_CLOSE = lean.STREAM_CLOSE
 
 
 class Direction(enum.IntEnum):
     """Which way a delegated descriptor's bytes flow, seen from its sender."""
 
-    READ = 0
-    WRITE = 1
-    READ_WRITE = 2
+    READ = lean.READ
+    WRITE = lean.WRITE
+    READ_WRITE = lean.READ_WRITE
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +64,7 @@ class StreamClose:
 Frame = Union[ControlFrame, FdsFrame, StreamData, StreamClose]
 
 
-def _header(kind: FrameKind, stream_id: int, length: int) -> bytes:
-    return _layout.FRAME_HEADER.build({"kind": int(kind), "stream_id": stream_id, "length": length})
+_header = lean.frame_header
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -69,10 +76,7 @@ def encode_frame(frame: Frame) -> bytes:
         body = encode_message(frame.message)
         return _header(FrameKind.CONTROL, 0, len(body)) + body
     if isinstance(frame, FdsFrame):
-        body = b"".join(
-            _layout.FDS_RECORD.build({"stream_id": sid, "direction": int(d)}) for sid, d in frame.streams
-        )
-        return _header(FrameKind.FDS, 0, len(body)) + body
+        return lean.fds_frame(frame.streams)
     raise TypeError(f"not a frame: {frame!r}")
 
 
@@ -91,17 +95,7 @@ def _decode_control(payload: bytes) -> ControlFrame:
 
 
 def _decode_fds(payload: bytes) -> FdsFrame:
-    if len(payload) % FDS_RECORD_SIZE:
-        raise ProtocolError(f"Fds frame length {len(payload)} is not a multiple of {FDS_RECORD_SIZE}")
-    streams = []
-    for offset in range(0, len(payload), FDS_RECORD_SIZE):
-        record = _layout.FDS_RECORD.parse(payload[offset : offset + FDS_RECORD_SIZE])
-        try:
-            direction = Direction(record.direction)
-        except ValueError:
-            raise ProtocolError(f"Fds frame names unknown direction {record.direction}") from None
-        streams.append((record.stream_id, direction))
-    return FdsFrame(tuple(streams))
+    return FdsFrame(tuple((stream_id, Direction(direction)) for stream_id, direction in lean.fds_records(payload)))
 
 
 class FrameDecoder:
@@ -178,21 +172,10 @@ class FrameDecoder:
         if self._pending is None:
             if self._buffered < FRAME_HEADER_SIZE:
                 return None
-            header = _layout.FRAME_HEADER.parse(self._take(FRAME_HEADER_SIZE))
-            try:
-                kind = FrameKind(header.kind)
-            except ValueError:
-                raise ProtocolError(f"unknown frame kind {header.kind}") from None
-            if header.length > self.max_payload:
-                raise ProtocolError(
-                    f"frame announces {header.length} bytes, more than the limit of {self.max_payload}"
-                )
-            self._check_budget(kind, header.length)
-            if kind in (FrameKind.CONTROL, FrameKind.FDS) and header.stream_id != 0:
-                raise ProtocolError(f"{kind.name} frame on stream {header.stream_id}, expected 0")
-            if kind is FrameKind.STREAM_CLOSE and header.length:
-                raise ProtocolError("StreamClose frame carries no payload")
-            self._pending = (kind, header.stream_id, header.length)
+            kind_code, stream_id, length = lean.parse_frame_header(self._take(FRAME_HEADER_SIZE), self.max_payload)
+            kind = FrameKind(kind_code)
+            self._check_budget(kind, length)
+            self._pending = (kind, stream_id, length)
         kind, stream_id, length = self._pending
         if self._buffered < length:
             return None

@@ -14,3 +14,12 @@ DEFAULT_MAX_FRAME_PAYLOAD = MAX_CONTROL_PAYLOAD + 8
 # limited a session over tcp:// to half its rate), and any conforming peer
 # accepts any size.
 DATA_FRAME_SIZE = 256 * 1024
+
+# How much one stream of the multiplexed channel buffers on the way in
+# before its reader stops reading the link (backpressure through the link).
+DEFAULT_STREAM_BUFFER = 256 * 1024
+
+# How long a client's output streams may stay quiet, once the session's
+# outcome is known, before the outcome is delivered anyway (protocol.md,
+# section 3: a client does not exit before its output streams closed).
+DEFAULT_EXIT_GRACE = 2.0

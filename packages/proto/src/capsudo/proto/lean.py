@@ -1,11 +1,12 @@
-"""The control messages' codec: type codes, header, and each payload, in plain struct.
+"""The wire's codec in plain struct: control messages, and the multiplexer's frame headers.
 
-The one encoder and decoder of control messages. The typed messages of
-`capsudo.proto` build and check their payloads here, and a one-shot client
-uses it directly: it is started for every command, and importing construct
-or even enum and dataclasses would cost more than its whole session on a
-local socket. The test suite checks it byte for byte against the layouts
-that `_layout` declares with construct.
+The one encoder and decoder of control messages and of frame headers and
+Fds records. The typed messages and frames of `capsudo.proto` build and
+check their bytes here, and a one-shot client uses it directly: it is
+started for every command, and importing construct or even enum and
+dataclasses would cost more than its whole session on a local socket. The
+test suite checks it byte for byte against the layouts that `_layout`
+declares with construct.
 """
 
 from __future__ import annotations
@@ -139,3 +140,69 @@ def parse_header(header: bytes, max_payload: int = MAX_CONTROL_PAYLOAD, known=KN
         name = NAMES.get(type_code, f"type {type_code}")
         raise ProtocolError(f"{name} message announces {length} bytes, more than the limit of {max_payload}")
     return type_code, length
+
+
+# Frames of the multiplexed byte channel (protocol.md, section 3).
+
+FRAME_HEADER = struct.Struct("<BII")
+FRAME_HEADER_SIZE = FRAME_HEADER.size
+CONTROL_FRAME, FDS_FRAME, STREAM_DATA, STREAM_CLOSE = 1, 2, 3, 4
+FRAME_NAMES = {CONTROL_FRAME: "CONTROL", FDS_FRAME: "FDS", STREAM_DATA: "STREAM_DATA", STREAM_CLOSE: "STREAM_CLOSE"}
+#: Which way a delegated descriptor's bytes flow, seen from its sender.
+READ, WRITE, READ_WRITE = 0, 1, 2
+FDS_RECORD = struct.Struct("<IB")
+FDS_RECORD_SIZE = FDS_RECORD.size
+
+
+def frame_header(kind: int, stream_id: int, length: int) -> bytes:
+    return FRAME_HEADER.pack(kind, stream_id, length)
+
+
+def frame(kind: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return FRAME_HEADER.pack(kind, stream_id, len(payload)) + payload
+
+
+def control_frame(control_message: bytes) -> bytes:
+    """A Control frame around one whole control message (header included)."""
+    return frame(CONTROL_FRAME, 0, control_message)
+
+
+def fds_frame(streams) -> bytes:
+    """An Fds frame announcing (stream id, direction) pairs."""
+    return frame(FDS_FRAME, 0, b"".join(FDS_RECORD.pack(stream_id, direction) for stream_id, direction in streams))
+
+
+def parse_frame_header(header: bytes, max_payload: int) -> tuple[int, int, int]:
+    """The kind, stream id and payload length a 9-byte frame header announces,
+    checked before anyone reads or buffers the payload."""
+    kind, stream_id, length = FRAME_HEADER.unpack(header)
+    if kind not in FRAME_NAMES:
+        raise ProtocolError(f"unknown frame kind {kind}")
+    if length > max_payload:
+        raise ProtocolError(f"frame announces {length} bytes, more than the limit of {max_payload}")
+    if kind in (CONTROL_FRAME, FDS_FRAME) and stream_id != 0:
+        raise ProtocolError(f"{FRAME_NAMES[kind]} frame on stream {stream_id}, expected 0")
+    if kind == STREAM_CLOSE and length:
+        raise ProtocolError("StreamClose frame carries no payload")
+    return kind, stream_id, length
+
+
+def fds_records(payload: bytes) -> list[tuple[int, int]]:
+    """The (stream id, direction) pairs of an Fds frame's payload."""
+    if len(payload) % FDS_RECORD_SIZE:
+        raise ProtocolError(f"Fds frame length {len(payload)} is not a multiple of {FDS_RECORD_SIZE}")
+    records = list(FDS_RECORD.iter_unpack(payload))
+    for _, direction in records:
+        if direction not in (READ, WRITE, READ_WRITE):
+            raise ProtocolError(f"Fds frame names unknown direction {direction}")
+    return records
+
+
+def control_of_frame(payload: bytes) -> tuple[int, bytes]:
+    """The one control message (type code, payload) that a Control frame's payload holds."""
+    if len(payload) < HEADER_SIZE:
+        raise ProtocolError("a Control frame must hold exactly one control message")
+    type_code, length = parse_header(payload[:HEADER_SIZE])
+    if HEADER_SIZE + length != len(payload):
+        raise ProtocolError("a Control frame must hold exactly one control message")
+    return type_code, payload[HEADER_SIZE:]

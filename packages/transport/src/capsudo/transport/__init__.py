@@ -27,6 +27,9 @@ __all__ = [
     "open_unix_listener",
     "EndpointError",
     "BlockingUnixConnection",
+    "Link",
+    "dial",
+    "private_access",
     # the multiplexed byte channel
     "MuxChannel",
     "MuxConnection",
@@ -85,8 +88,11 @@ _HOME = {
     "connect_unix": "._unix",
     "UnixListener": "._listener",
     "open_unix_listener": "._listener",
-    "EndpointError": "._listener",
+    "EndpointError": "._errors",
     "BlockingUnixConnection": "._blocking_unix",
+    "Link": "._dial",
+    "dial": "._dial",
+    "private_access": "._private_access",
     "MuxConnection": "._mux",
     "MuxStream": "._mux",
     "DEFAULT_STREAM_BUFFER": "._channel_limits",
@@ -129,9 +135,12 @@ if TYPE_CHECKING:
     from ._address import (Endpoint, SshEndpoint, TcpEndpoint, TlsEndpoint, UnixEndpoint, VsockEndpoint,
                            parse_endpoint)
     from ._connect import connect_endpoint
+    from ._dial import Link, dial
+    from ._private_access import private_access
     from ._listen import Listener, NetworkListener, TlsListener, exposure_warning, open_listener
     from ._fdstream import DescriptorView, SocketView, open_view
-    from ._listener import EndpointError, UnixListener, open_unix_listener
+    from ._errors import EndpointError
+    from ._listener import UnixListener, open_unix_listener
     from ._channel_limits import DEFAULT_STREAM_BUFFER, ChannelLimits
     from ._mux import MuxConnection, MuxStream
     from ._mux_channel import DEFAULT_EXIT_GRACE, SESSION_DIRECTIONS, MuxChannel, default_directions

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from capsudo.proto import DEFAULT_MAX_FRAME_PAYLOAD
-
-#: How much one stream buffers on the way in before the reader stops reading the link.
-DEFAULT_STREAM_BUFFER = 256 * 1024
+from capsudo.proto import DEFAULT_MAX_FRAME_PAYLOAD, DEFAULT_STREAM_BUFFER
 
 
 @dataclass(frozen=True)

@@ -6,26 +6,12 @@ import trio
 
 from ._address import Endpoint, SshEndpoint, TlsEndpoint, UnixEndpoint, VsockEndpoint, as_endpoint, bracket
 from ._channel import MessageChannel
-from ._listener import EndpointError
+from ._dial import DEFAULT_HANDSHAKE_TIMEOUT, os_reason, refuse_undialable
+from ._errors import EndpointError
 from ._mux_channel import MuxChannel
 from ._tls import TlsHandshakeError, TlsOptions, describe_tls_failure
 from ._unix import connect_unix
 from ._vsock import connect_vsock
-
-#: How long a TLS handshake may take, on either side.
-DEFAULT_HANDSHAKE_TIMEOUT = 10.0
-
-
-def os_reason(exc: OSError) -> str:
-    if exc.strerror:
-        return exc.strerror
-    cause = exc.__cause__
-    if isinstance(cause, BaseExceptionGroup):
-        for inner in cause.exceptions:
-            if isinstance(inner, OSError) and inner.strerror:
-                return inner.strerror
-    return str(exc)
-
 
 
 async def fail_handshake(ssl_stream: trio.SSLStream) -> None:
@@ -75,13 +61,7 @@ async def connect_endpoint(
     if isinstance(endpoint, VsockEndpoint):
         stream = await connect_vsock(endpoint.cid, endpoint.port, str(endpoint))
         return MuxChannel(stream, "dialing", description=f"vsock {endpoint.cid}:{endpoint.port}", **channel_options)
-    if endpoint.port == 0:
-        raise EndpointError(f"cannot connect to {endpoint}: port 0 is only for listening")
-    if isinstance(endpoint, TlsEndpoint) and tls is None:
-        raise EndpointError(
-            f"cannot connect to {endpoint}: TLS needs a CA certificate (and our certificate and key), "
-            "e.g. from CAPSUDO_TLS_CA, CAPSUDO_TLS_CERT and CAPSUDO_TLS_KEY"
-        )
+    refuse_undialable(endpoint, tls)
     context = tls.client_context() if isinstance(endpoint, TlsEndpoint) and tls is not None else None
     try:
         stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)

@@ -31,20 +31,13 @@ off the event loop.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import socket
-import stat
 import threading
 
 import trio
 
-# Character devices that never block and whose reopening has no side effect.
-_MEMORY_DEVICE_MAJOR = 1
-_MEMORY_DEVICE_MINORS = {3, 5, 7, 8, 9}  # null, zero, full, random, urandom
-# /dev/ptmx: reopening a pty master would allocate a brand new pty.
-_PTMX = (5, 2)
+from ._private_access import PLAIN, REOPENED, SOCKET, private_access
 
 _RETRY_PAUSE = 0.01
 
@@ -277,64 +270,13 @@ class _ThreadView(DescriptorView):
         os.close(self.fd)
 
 
-def _access_allows(flags: int, read: bool, write: bool) -> bool:
-    if flags & os.O_PATH:
-        # Names a file without any right to it: its access bits read as
-        # O_RDONLY, but reopening it would open the file with our privilege.
-        return False
-    mode = flags & os.O_ACCMODE
-    if read and mode == os.O_WRONLY:
-        return False
-    if write and mode == os.O_RDONLY:
-        return False
-    return True
-
-
-def _reopen_flags(read: bool, write: bool) -> int:
-    mode = os.O_RDWR if read and write else os.O_RDONLY if read else os.O_WRONLY
-    return mode | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-
 def open_view(fd: int, *, read: bool = False, write: bool = False, own_descriptors: bool = False) -> DescriptorView:
-    """A private view of `fd` for reading, writing or both.
-
-    Never changes the flags of the caller's open file description, and
-    never asks for access the caller's descriptor does not have. Only with
-    `own_descriptors` (the descriptor is this process's own, not one a peer
-    lent it) is a FIFO or terminal reopened by name.
-    """
-    if not (read or write):
-        raise ValueError("a view is for reading, writing or both")
-    st = os.fstat(fd)
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    mode = st.st_mode
-    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
-        return _PlainView(os.dup(fd))
-    if stat.S_ISSOCK(mode):
-        sock = socket.socket(fileno=os.dup(fd))
-        return SocketView(sock)
-    if stat.S_ISCHR(mode):
-        device = (os.major(st.st_rdev), os.minor(st.st_rdev))
-        if device[0] == _MEMORY_DEVICE_MAJOR and device[1] in _MEMORY_DEVICE_MINORS:
-            return _PlainView(os.dup(fd))
-        reopenable = device != _PTMX and os.isatty(fd)
-    else:
-        reopenable = stat.S_ISFIFO(mode)
-    if own_descriptors and reopenable and _access_allows(flags, read, write):
-        try:
-            new_fd = os.open(f"/proc/self/fd/{fd}", _reopen_flags(read, write))
-        except OSError as exc:
-            # EACCES (someone else's pipe), ENXIO (a FIFO with no reader left),
-            # ENOENT (no /proc): fall back to a thread.
-            if exc.errno not in (errno.EACCES, errno.EPERM, errno.ENXIO, errno.ENOENT, errno.ENODEV, errno.EROFS):
-                raise
-        else:
-            if _same_object(new_fd, st):
-                return _ReopenedView(new_fd)
-            os.close(new_fd)
-    return _ThreadView(os.dup(fd))
-
-
-def _same_object(fd: int, st: os.stat_result) -> bool:
-    other = os.fstat(fd)
-    return (other.st_dev, other.st_ino, other.st_rdev) == (st.st_dev, st.st_ino, st.st_rdev)
+    """A private view of `fd` for reading, writing or both (see private_access)."""
+    how, own_fd = private_access(fd, read=read, write=write, own_descriptors=own_descriptors)
+    if how == PLAIN:
+        return _PlainView(own_fd)
+    if how == SOCKET:
+        return SocketView(socket.socket(fileno=own_fd))
+    if how == REOPENED:
+        return _ReopenedView(own_fd)
+    return _ThreadView(own_fd)

@@ -27,7 +27,8 @@ from ._address import (Endpoint, SshEndpoint, TcpEndpoint, TlsEndpoint, UnixEndp
 from ._channel import MessageChannel
 from ._channel_limits import ChannelLimits
 from ._connect import DEFAULT_HANDSHAKE_TIMEOUT, fail_handshake, os_reason
-from ._listener import EndpointError, open_unix_listener
+from ._errors import EndpointError
+from ._listener import open_unix_listener
 from ._mux import _TaskGroup
 from ._mux_channel import MuxChannel
 from ._owner import DEFAULT_MODE, Owner

@@ -26,15 +26,12 @@ import stat
 import trio
 
 from ._eager import EagerSocket
+from ._errors import EndpointError
 from ._owner import DEFAULT_MODE, Owner
 from ._unix import UnixChannel
 
 # sun_path holds 108 bytes, the last one a NUL: no client can reach a longer path.
 _SUN_PATH_MAX = 107
-
-
-class EndpointError(Exception):
-    """The endpoint cannot be set up; the message says why, on one line."""
 
 
 def _refuse_to_clobber(path: str) -> None:

@@ -50,6 +50,7 @@ from typing import Literal
 import trio
 
 from capsudo.proto import (
+    DEFAULT_STREAM_BUFFER,
     DATA_FRAME_SIZE,
     DEFAULT_MAX_FRAME_PAYLOAD,
     ControlFrame,
@@ -65,7 +66,6 @@ from capsudo.proto import (
     encode_frame,
 )
 
-from ._channel_limits import DEFAULT_STREAM_BUFFER
 from ._tls import describe_tls_failure, find_ssl_error, is_refusal_of_our_certificate
 
 log = logging.getLogger("capsudo.transport.mux")

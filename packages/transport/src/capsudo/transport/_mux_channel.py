@@ -12,7 +12,9 @@ receiving side waits until every delegated output has reached end of file
 and its StreamClose is queued; receive() on the sending side holds an Exit
 back until the output streams have closed and their bytes are written out,
 or until they have been quiet for `exit_grace` seconds (for a peer that
-sends Exit first). No output is lost either way.
+sends Exit first). No output is lost either way. A refusal (an Error
+before the Exit) ran no program, so no output can follow it: the Exit is
+held back only while bytes that arrived are still being written out.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from collections.abc import Sequence
 import trio
 
 from capsudo.proto import (
+    DEFAULT_EXIT_GRACE,
     DATA_FRAME_SIZE,
     DEFAULT_MAX_FRAME_PAYLOAD,
     Direction,
+    Error,
     Exit,
     Fd,
     Message,
@@ -39,8 +43,6 @@ from ._channel import MessageChannel, Received, close_fds
 from ._fdstream import DescriptorView, SocketView, open_view
 from ._mux import DEFAULT_MAX_STREAMS, DEFAULT_PROBE_INTERVAL, DEFAULT_STREAM_BUFFER, MuxConnection, MuxStream, Role
 
-#: How long output streams may stay quiet, once the session's outcome is known, before it is delivered anyway.
-DEFAULT_EXIT_GRACE = 2.0
 
 #: A session's descriptors: stdin is read and forwarded, stdout and stderr are written into.
 SESSION_DIRECTIONS = (Direction.READ, Direction.WRITE, Direction.WRITE)
@@ -124,6 +126,7 @@ class MuxChannel(MessageChannel):
         self._view_users: dict[DescriptorView, int] = {}
         self._changed = trio.Event()
         self._closed = False
+        self._refused = False  # an Error arrived: the daemon runs no program
 
     # ---- MessageChannel ------------------------------------------------------
 
@@ -159,6 +162,8 @@ class MuxChannel(MessageChannel):
             return None
         if isinstance(item, list):
             return self._adopt(item)
+        if isinstance(item, Error):
+            self._refused = True
         if isinstance(item, Exit):
             self._stop_sources()
             await self._finish_sinks()
@@ -344,6 +349,8 @@ class MuxChannel(MessageChannel):
             pending = [p for p in self._sinks if not p.done.is_set()]
             if not pending:
                 return
+            if self._refused and all(p.waiting and p.stream.buffered == 0 for p in pending):
+                return  # nothing more can come: no program holds these streams
             timeout = math.inf
             if self.exit_grace is not None and all(p.waiting and p.stream.buffered == 0 for p in pending):
                 quiet_since = max([start] + [max(p.since, p.last_progress) for p in pending])

@@ -38,7 +38,7 @@ import trio
 from capsudo.proto import Message, ProtocolError
 
 from ._channel import MessageChannel, Received
-from ._listener import EndpointError
+from ._errors import EndpointError
 from ._mux_channel import MuxChannel
 
 SSH_COMMAND_VARIABLE = "CAPSUDO_SSH"

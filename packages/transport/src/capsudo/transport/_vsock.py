@@ -6,7 +6,7 @@ import socket
 
 import trio
 
-from ._listener import EndpointError
+from ._errors import EndpointError
 
 
 def _new_socket(text: str, doing: str) -> trio.socket.SocketType:
