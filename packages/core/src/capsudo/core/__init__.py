@@ -1,6 +1,7 @@
 """Sessions: the client's side and the daemon's side, over any transport.
 
-Attenuation (what an endpoint allows), spawning, the daemon-side pty, exit
+Attenuation (what an endpoint allows), who the program runs as and its
+limits, spawning, the daemon-side pty, exit
 status and the session log. Names load on first use, so the one-shot client
 on a Unix socket imports neither trio nor construct.
 """
@@ -16,6 +17,10 @@ __all__ = [
     "parse_options",
     "number_option",
     "Policy",
+    "RunAs",
+    "ProgramLimits",
+    "PolicyError",
+    "CALLER_ENTRIES",
     "attenuate",
     "resolve_program",
     "SAFE_PATH",
@@ -68,6 +73,10 @@ _HOME = {
     "parse_options": "._options",
     "number_option": "._options",
     "Policy": "._policy",
+    "RunAs": "._run_as",
+    "CALLER_ENTRIES": "._run_as",
+    "ProgramLimits": "._program_limits",
+    "PolicyError": "._policy_error",
     "attenuate": "._policy",
     "resolve_program": "._policy",
     "SAFE_PATH": "._policy",
@@ -119,4 +128,7 @@ if TYPE_CHECKING:
     from ._limits import ConnectionLimits, SessionLimits
     from ._options import UsageError, number_option, parse_options
     from ._policy import SAFE_PATH, Policy, attenuate, resolve_program
+    from ._policy_error import PolicyError
+    from ._program_limits import ProgramLimits
+    from ._run_as import CALLER_ENTRIES, RunAs
     from ._unix_client import SessionResult, run_unix_session
