@@ -235,3 +235,9 @@ def test_unenforceable_declarations_are_refused_in_one_line(program_user):
     assert ProgramLimits.from_mapping({"as": 1 << 30}).address_space == 1 << 30
     with pytest.raises(PolicyError, match="not a whole number"):
         ProgramLimits(memory=-1)
+
+
+def test_capsudod_names_its_endpoint_by_the_socket_path(daemon):
+    result = subprocess.run([CAPSUDO, "-S", daemon.socket, "-e", "CAPSUDO_ENDPOINT=forged", "--", "sh", "-c",
+                             'echo "$CAPSUDO_ENDPOINT $CAPSUDO_USER"'], capture_output=True, timeout=10)
+    assert result.stdout.decode() == f"{daemon.socket} {pwd.getpwuid(os.getuid()).pw_name}\n"

@@ -190,7 +190,7 @@ async def serve_session(
     from them is returned. `protocol` is the session protocol to follow (a
     subclass may know more messages; the channel must decode them).
     `endpoint` is the endpoint's name the program reads in CAPSUDO_ENDPOINT
-    (default: where the channel was accepted, as its description says).
+    (default: the socket path it was accepted on, else the channel's description).
     """
     record = SessionRecord()
 
@@ -203,12 +203,28 @@ async def serve_session(
     clock = time.monotonic()
     emit(Accepted(session.id, channel.peer, channel.description))
     try:
-        await _serve(session, policy, shutdown or Hangup(), decide, endpoint or channel.description)
+        await _serve(session, policy, shutdown or Hangup(), decide, endpoint or _local_address(channel))
     finally:
         with trio.CancelScope(shield=True):
             await channel.aclose()
         emit(Ended(session.id, session.status, session.outcome, time.monotonic() - clock))
     return record
+
+
+def _local_address(channel: MessageChannel) -> str:
+    """The path of the Unix socket a channel was accepted on; else what the channel says of itself.
+
+    A socket bound through its directory's descriptor (/proc/self/fd/N/…)
+    has no path worth telling: the command that knows it passes `endpoint`.
+    """
+    sock = getattr(channel, "socket", None)
+    try:
+        address = sock.getsockname() if sock is not None else None
+    except OSError:
+        address = None
+    if isinstance(address, str) and address and not address.startswith("/proc/"):
+        return address
+    return channel.description
 
 
 async def _refuse(session: _Session, text: str, status: int) -> None:
