@@ -167,8 +167,12 @@ class SessionCgroup:
             os.close(fd)
         self.join_fds = []
 
-    async def remove(self) -> None:
-        """Kill what is left in the group (the program's leftovers) and remove it."""
+    async def remove(self) -> bool:
+        """Kill what is left in the group (the program's leftovers) and remove it; False if it stays.
+
+        Never raises: the session it belongs to has ended, and its status
+        must still reach the client.
+        """
         self.close_fds()
         deadline = trio.current_time() + REMOVAL_PATIENCE
         while self.directories:
@@ -180,11 +184,12 @@ class SessionCgroup:
                     pass
                 except OSError as exc:
                     if exc.errno != errno.EBUSY or trio.current_time() > deadline:
-                        raise
+                        return False
                     continue
                 self.directories.remove(directory)
             if self.directories:
                 await trio.sleep(0.01)
+        return True
 
     def _remove_now(self) -> None:
         for directory in reversed(self.directories):

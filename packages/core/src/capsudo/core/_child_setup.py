@@ -43,7 +43,10 @@ class ChildSetup:
         self._umask = umask
         self._directory = directory
         self._terminal = terminal
-        self._read_end, self._write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        # The pipe only where there is a step to fail: most endpoints declare none.
+        self._read_end = self._write_end = -1
+        if not self.empty:
+            self._read_end, self._write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
     @property
     def empty(self) -> bool:
@@ -80,6 +83,8 @@ class ChildSetup:
 
     def failure(self) -> str | None:
         """The step the child failed at, after a spawn failed; None when it did not fail here."""
+        if self._read_end < 0:
+            return None
         try:
             text = os.read(self._read_end, 4096)
         except (BlockingIOError, OSError):
