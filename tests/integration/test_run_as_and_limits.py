@@ -9,6 +9,7 @@ program (its own /proc/self/limits, its cgroup) or by its being stopped.
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import secrets
@@ -44,8 +45,6 @@ def program_user():
                     "--shell", "/bin/sh", "--groups", extra, name], check=True, capture_output=True)
     try:
         entry = pwd.getpwnam(name)
-        import grp
-
         yield name, entry.pw_uid, entry.pw_gid, grp.getgrnam(extra).gr_gid, home
     finally:
         subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)

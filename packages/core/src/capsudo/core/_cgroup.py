@@ -25,7 +25,6 @@ import trio
 
 from ._policy_error import PolicyError
 
-CGROUP_ROOT_FILES = ("/proc/self/cgroup", "/proc/self/mountinfo")
 # How long removal waits for killed tasks to leave the group.
 REMOVAL_PATIENCE = 2.0
 V1_CONTROLLERS = {"memory": "memory", "tasks": "pids"}
