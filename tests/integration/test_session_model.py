@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from capsudo.core import Policy, SessionLimits, serve_session
+from capsudo.core import CALLER_ENTRIES, Policy, SessionLimits, serve_session
 from capsudo.proto import (Arg, ControlDecoder, End, Env, Error, Exit, Fd, Secret, SessionKind,
                            SessionType, Winsize, encode_message)
 from capsudo.transport import UnixChannel
@@ -323,7 +323,13 @@ class SessionModel(RuleBasedStateMachine):
         assert sections["cmdline"] == expected_argv
         expected_env = {} if self.policy.fixed_environment else dict(e.split("=", 1) for e in self.env_entries)
         expected_env.update(DAEMON_ENVIRONMENT)
-        assert dict(e.split("=", 1) for e in sections["environ"]) == expected_env
+        # The daemon's word on who asked replaces whatever the client sent under those names.
+        observed = dict(e.split("=", 1) for e in sections["environ"])
+        assert observed["CAPSUDO_UID"] == str(os.getuid())
+        for name in CALLER_ENTRIES:
+            expected_env.pop(name, None)
+            observed.pop(name, None)
+        assert observed == expected_env
 
     def _stderr(self) -> bytes:
         return os.read(self.stderr_read, 65536) if _readable(self.stderr_read, 0) else b""

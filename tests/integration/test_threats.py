@@ -20,6 +20,8 @@ import time
 import pexpect
 import pytest
 
+from capsudo.core import CALLER_ENTRIES
+
 from .daemon_process import CAPSUDO, capsudo
 
 # Generous: two shared cores, other suites running beside this one.
@@ -30,7 +32,9 @@ FORWARDED_UNASKED = {"TERM", "LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "COLOR
 
 
 def _environment_of(output: bytes) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in output.decode().splitlines() if "=" in line)
+    """What `env` printed, less the entries the daemon itself gives every program (CAPSUDO_UID, …)."""
+    entries = dict(line.split("=", 1) for line in output.decode().splitlines() if "=" in line)
+    return {name: value for name, value in entries.items() if name not in CALLER_ENTRIES}
 
 
 def test_the_clients_own_environment_is_never_forwarded(daemon_factory):

@@ -1,6 +1,7 @@
 """Sessions: the client's side and the daemon's side, over any transport.
 
-Attenuation (what an endpoint allows), spawning, the daemon-side pty, exit
+Attenuation (what an endpoint allows), who the program runs as and its
+limits, spawning, the daemon-side pty, exit
 status and the session log. Names load on first use, so the one-shot client
 on a Unix socket imports neither trio nor construct.
 """
@@ -46,6 +47,10 @@ __all__ = [
     "EndpointConfig",
     "build_config",
     "Policy",
+    "RunAs",
+    "ProgramLimits",
+    "PolicyError",
+    "CALLER_ENTRIES",
     "attenuate",
     "resolve_program",
     "SAFE_PATH",
@@ -104,6 +109,10 @@ _HOME = {
     **dict.fromkeys(['endpoint_option', 'tls_options', 'socket_options', 'pin_options', 'connection_limit_options', 'handshake_limit_options', 'handshake_timeout_option', 'hangup_grace_option', 'channel_limit_options', 'daemon_options', 'config_fields', 'TLS_SECTION', 'LIMITS_SECTION', 'CHANNEL_SECTION'], "._option_groups"),
     **dict.fromkeys(['EndpointConfig', 'build_config'], "._endpoint_config"),
     "Policy": "._policy",
+    "RunAs": "._run_as",
+    "CALLER_ENTRIES": "._run_as",
+    "ProgramLimits": "._program_limits",
+    "PolicyError": "._policy_error",
     "attenuate": "._policy",
     "resolve_program": "._policy",
     "SAFE_PATH": "._policy",
@@ -163,4 +172,7 @@ if TYPE_CHECKING:
                                  hangup_grace_option, pin_options, socket_options, tls_options)
     from ._endpoint_config import EndpointConfig, build_config
     from ._policy import SAFE_PATH, Policy, attenuate, resolve_program
+    from ._policy_error import PolicyError
+    from ._program_limits import ProgramLimits
+    from ._run_as import CALLER_ENTRIES, RunAs
     from ._unix_client import SessionResult, run_unix_session

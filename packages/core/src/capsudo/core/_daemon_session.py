@@ -18,12 +18,16 @@ import trio
 from capsudo.proto import Error, Exit, ProtocolError, Refused, Resized, SessionProtocol, reason
 from capsudo.transport import MessageChannel
 
+from ._child_setup import PreparedChild, prepared_child
 from ._decision import Allow, Asked, Decision, attenuating
 from ._events import (Accepted, Decided, Ended, EventSink, Requested, SessionEvent, SessionRecord, Started,
                       env_names, new_session_id)
 from ._handshake import Request, daemon_protocol, read_request
 from ._limits import SessionLimits
 from ._policy import Policy, ProgramNotFound, resolve_program
+from ._policy_error import PolicyError
+from ._program_limits import format_bytes, format_seconds
+from ._run_as import program_environment
 from ._spawn import RunningProgram, SpawnError, open_plain_program, signal_group
 
 CANNOT_RUN_STATUS = 127
@@ -102,6 +106,7 @@ class _Session:
         self.emit = emit
         self.status: int | None = None
         self.outcome = "ok"
+        self.timed_out = False
 
 
 async def _watch_client(session: _Session, program: RunningProgram) -> None:
@@ -119,8 +124,13 @@ async def _watch_client(session: _Session, program: RunningProgram) -> None:
             program.resize(event.winsize)
 
 
-async def _supervise(session: _Session, program: RunningProgram, shutdown: Hangup) -> int | None:
-    """The program's status; None when the client left and the wait was cut short."""
+async def _supervise(session: _Session, program: RunningProgram, shutdown: Hangup,
+                     timeout: float | None = None) -> int | None:
+    """The program's status; None when the client left and the wait was cut short.
+
+    Past `timeout` seconds the program's group gets SIGTERM, and SIGKILL
+    once the hang-up grace has passed too.
+    """
     status = None
     limits = session.limits
     with shutdown.tracking(program):
@@ -135,21 +145,31 @@ async def _supervise(session: _Session, program: RunningProgram, shutdown: Hangu
                 await trio.sleep(LEFTOVER_GRACE)
                 nursery.cancel_scope.cancel()
 
+            async def stop_at_timeout() -> None:
+                await trio.sleep(timeout)
+                session.timed_out = True
+                if signal_group(program.pid, signal.SIGTERM):
+                    await trio.sleep(limits.hangup_grace)
+                    signal_group(program.pid, signal.SIGKILL)
+
             nursery.start_soon(watch_then_hang_up)
+            if timeout is not None:
+                nursery.start_soon(stop_at_timeout)
             status = await program.wait()
             nursery.cancel_scope.cancel()
     return status
 
 
-def open_program(request: Request, executable: str, argv: list[str], env: dict[str, str], peer):
+def open_program(request: Request, executable: str, argv: list[str], env: dict[str, str], peer, before_exec=None):
     """The program, on a pty or on the client's descriptors, under the caller's security label if it has one."""
     client_pid = peer.pid if peer is not None and peer.pid > 0 else None
     label = peer.label if peer is not None else None
     if request.interactive:
         from ._pty import open_pty_program
 
-        return open_pty_program(executable, argv, env, request.fds, request.winsize, client_pid=client_pid, label=label)
-    return open_plain_program(executable, argv, env, request.fds, label=label)
+        return open_pty_program(executable, argv, env, request.fds, request.winsize, client_pid=client_pid,
+                                label=label, before_exec=before_exec)
+    return open_plain_program(executable, argv, env, request.fds, label=label, before_exec=before_exec)
 
 
 async def serve_session(
@@ -161,6 +181,7 @@ async def serve_session(
     decide: Decision = attenuating,
     events: EventSink | None = None,
     protocol: type[SessionProtocol] = SessionProtocol,
+    endpoint: str | None = None,
 ) -> SessionRecord:
     """Serve one client to its end; never raises for anything the client did.
 
@@ -168,6 +189,8 @@ async def serve_session(
     attenuation); `events` receives the session's events. The log line made
     from them is returned. `protocol` is the session protocol to follow (a
     subclass may know more messages; the channel must decode them).
+    `endpoint` is the endpoint's name the program reads in CAPSUDO_ENDPOINT
+    (default: the socket path it was accepted on, else the channel's description).
     """
     record = SessionRecord()
 
@@ -180,12 +203,28 @@ async def serve_session(
     clock = time.monotonic()
     emit(Accepted(session.id, channel.peer, channel.description))
     try:
-        await _serve(session, policy, shutdown or Hangup(), decide)
+        await _serve(session, policy, shutdown or Hangup(), decide, endpoint or _local_address(channel))
     finally:
         with trio.CancelScope(shield=True):
             await channel.aclose()
         emit(Ended(session.id, session.status, session.outcome, time.monotonic() - clock))
     return record
+
+
+def _local_address(channel: MessageChannel) -> str:
+    """The path of the Unix socket a channel was accepted on; else what the channel says of itself.
+
+    A socket bound through its directory's descriptor (/proc/self/fd/N/…)
+    has no path worth telling: the command that knows it passes `endpoint`.
+    """
+    sock = getattr(channel, "socket", None)
+    try:
+        address = sock.getsockname() if sock is not None else None
+    except OSError:
+        address = None
+    if isinstance(address, str) and address and not address.startswith("/proc/"):
+        return address
+    return channel.description
 
 
 async def _refuse(session: _Session, text: str, status: int) -> None:
@@ -194,7 +233,7 @@ async def _refuse(session: _Session, text: str, status: int) -> None:
     await _send_quietly(session.channel, Error(text), Exit(status))
 
 
-async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: Decision) -> None:
+async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: Decision, endpoint: str) -> None:
     channel, limits = session.channel, session.limits
     try:
         with trio.fail_after(limits.handshake_timeout):
@@ -218,15 +257,26 @@ async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: De
             session.emit(Decided(session.id, False, reason=decision.reason))
             request.close_fds()
             return await _refuse(session, decision.reason.text, FAILURE_STATUS)
-        argv, env = decision.argv, dict(decision.env)
+        argv = decision.argv
+        try:
+            identity = policy.run_as.resolve()
+        except PolicyError as exc:  # the account went away since the endpoint was configured
+            why = reason("cannot-run", program=argv[0], why=str(exc))
+            session.emit(Decided(session.id, False, reason=why))
+            request.close_fds()
+            return await _refuse(session, why.text, CANNOT_RUN_STATUS)
+        env = program_environment(decision.env, policy.environment, identity, caller=channel.peer,
+                                  endpoint=endpoint, session=session.id)
         session.emit(Decided(session.id, True, tuple(argv), tuple(env)))
         try:
             executable = resolve_program(argv[0], env)
-            async with open_program(request, executable, argv, env, channel.peer) as program:
-                request.close_fds()  # the program holds them now; our copies would delay end-of-file
-                session.emit(Started(session.id, program.pid, executable, tuple(argv)))
-                status = await _supervise(session, program, shutdown)
-        except (SpawnError, ProgramNotFound, OSError) as exc:
+            async with prepared_child(policy, identity, session.id, terminal=request.interactive) as child:
+                async with open_program(request, executable, argv, env, channel.peer, child.before_exec) as program:
+                    request.close_fds()  # the program holds them now; our copies would delay end-of-file
+                    session.emit(Started(session.id, program.pid, executable, tuple(argv)))
+                    status = await _supervise(session, program, shutdown, policy.limits.timeout)
+                stopped = _why_stopped(session, policy, child)
+        except (SpawnError, ProgramNotFound, PolicyError, OSError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             # Descriptors first: over a multiplexed channel the Exit waits
             # until the outputs reach their end, which our copies hold back.
@@ -235,5 +285,20 @@ async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: De
     finally:
         request.close_fds()
     session.status = status
-    if session.outcome == "ok":
+    if session.outcome != "ok":
+        return
+    if stopped is None:
         await _send_quietly(channel, Exit(status))
+    else:
+        session.outcome = stopped
+        await _send_quietly(channel, Error(f"the program {stopped}"), Exit(status))
+
+
+def _why_stopped(session: _Session, policy: Policy, child: PreparedChild) -> str | None:
+    """How the daemon's limits ended the program, for the client and the log; None when they did not."""
+    limits = policy.limits
+    if session.timed_out:
+        return f"ran past its {format_seconds(limits.timeout)} timeout and was stopped"
+    if child.cgroup is not None and limits.memory is not None and child.cgroup.oom_killed():
+        return f"went past its {format_bytes(limits.memory)} memory limit and was killed"
+    return None

@@ -11,6 +11,10 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ._policy_error import PolicyError
+from ._program_limits import ProgramLimits
+from ._run_as import RunAs
+
 # Where programs are looked up when the program's environment has no PATH:
 # system directories only, never the current directory.
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -26,6 +30,18 @@ class Policy:
     fixed_arguments: bool = False
     fixed_environment: bool = False
     environment: Mapping[str, str] = field(default_factory=dict)
+    #: Who the program runs as, where and with which umask (default: as the daemon).
+    run_as: RunAs = RunAs()
+    #: What the program may use (default: no limit beyond the daemon's own).
+    limits: ProgramLimits = ProgramLimits()
+
+    def validate(self) -> None:
+        """Refuse, with a PolicyError of one line, what this system cannot give: run this when
+        the endpoint is configured, so that it is refused at start rather than at each session."""
+        identity = self.run_as.resolve()
+        self.limits.validate(identity.uid if identity is not None else os.getuid())
+        if self.run_as.directory is not None and not os.path.isdir(self.run_as.directory):
+            raise PolicyError(f"working directory {self.run_as.directory!r} does not exist")
 
     def unpinned_environment_warning(self) -> str | None:
         """A line for the operator when the program is pinned but its environment is not."""

@@ -17,8 +17,9 @@ import signal
 import struct
 import subprocess
 import termios
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import AsyncIterator
 
 import trio
@@ -84,15 +85,23 @@ def _pack_winsize(winsize: Winsize | None) -> bytes:
 # --- starting the program ------------------------------------------------------
 
 
-def _take_the_terminal() -> None:
+def _take_the_terminal(before_exec: Callable[[], None] | None = None) -> None:
     """In the child, between setsid() and exec: the slave, on 0, 1 and 2,
-    becomes the controlling terminal of the program's new session."""
+    becomes the controlling terminal of the program's new session; then
+    `before_exec` (ids, limits, cgroup), as for a plain program."""
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    if before_exec is not None:
+        before_exec()
 
 
 def _spawn(
-    executable: str, argv: Sequence[str], env: Mapping[str, str], winsize: bytes, label: str | None
+    executable: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    winsize: bytes,
+    label: str | None,
+    before_exec: Callable[[], None] | None = None,
 ) -> tuple[subprocess.Popen, int]:
     """Start the program on a new pty; (process, master). Raises SpawnError.
 
@@ -119,7 +128,7 @@ def _spawn(
                 close_fds=True,
                 start_new_session=True,
                 restore_signals=True,
-                preexec_fn=_take_the_terminal,
+                preexec_fn=partial(_take_the_terminal, before_exec),
             )
     except BaseException as exc:
         os.close(master)
@@ -346,6 +355,7 @@ async def open_pty_program(
     *,
     client_pid: int | None = None,
     label: str | None = None,
+    before_exec: Callable[[], None] | None = None,
 ) -> AsyncIterator[PtyProgram]:
     """Start argv on a new pty relayed to the client's stdin and stdout.
 
@@ -353,7 +363,8 @@ async def open_pty_program(
     Leaving the context before the program ended kills its process group.
     With `client_pid`, a terminal on stdin is read only while that process
     has its turn in the terminal's foreground. With `label`, the program runs
-    under the caller's security label.
+    under the caller's security label. `before_exec` runs in the child
+    once it has its terminal, just before exec.
     Raises SpawnError when the program cannot be started.
     """
     # Whatever fails on the way (a view, the pty, the start, the pidfd),
@@ -363,7 +374,7 @@ async def open_pty_program(
     try:
         views.append(await open_relay_view_off_loop(stdio_fds[0], reading=True))
         views.append(await open_relay_view_off_loop(stdio_fds[1], reading=False))
-        process, master = _spawn(executable, argv, env, _pack_winsize(winsize), label)
+        process, master = _spawn(executable, argv, env, _pack_winsize(winsize), label, before_exec)
         pidfd = pidfd_or_kill(process.pid, reap=process.wait)
     except BaseException:
         if master >= 0:

@@ -36,9 +36,11 @@ class ServerSettings:
 def served_endpoint(listener, settings: ServerSettings) -> ServedEndpoint:
     """The daemon's endpoint on `listener`: sessions under its policy; at the stop, programs hung up."""
     shutdown = Hangup()
+    # What the program reads in CAPSUDO_ENDPOINT: the socket's path where there is one.
+    endpoint = getattr(listener, "path", None)
 
     async def serve_one(channel):
-        return await serve_session(channel, settings.policy, settings.limits, shutdown)
+        return await serve_session(channel, settings.policy, settings.limits, shutdown, endpoint=endpoint)
 
     return ServedEndpoint(
         listener,
