@@ -68,6 +68,7 @@ class Hangup:
             return
         for program in list(self._programs):
             signal_group(program.pid, signal.SIGHUP)
+            signal_group(program.pid, signal.SIGCONT)
         with trio.move_on_after(grace):
             await self._none_left.wait()
         for program in list(self._programs):
@@ -85,6 +86,7 @@ async def _send_quietly(channel: MessageChannel, *messages) -> bool:
 
 async def _hang_up(program: RunningProgram, grace: float) -> None:
     if signal_group(program.pid, signal.SIGHUP):
+        signal_group(program.pid, signal.SIGCONT)  # a program stopped by ^Z must see its hang-up now
         await trio.sleep(grace)
         signal_group(program.pid, signal.SIGKILL)
 
@@ -141,14 +143,22 @@ async def _supervise(session: _Session, program: RunningProgram, shutdown: Hangu
     return status
 
 
-def open_program(request: Request, executable: str, argv: list[str], env: dict[str, str], peer):
-    """The program, on a pty or on the client's descriptors, under the caller's security label if it has one."""
+def open_program(request: Request, executable: str, argv: list[str], env: dict[str, str], peer, channel=None):
+    """The program, on a pty or on the client's descriptors, under the caller's security label if it has one.
+
+    On a pty, with the `channel` of a local client, ^Z stops the program and then the client.
+    """
     client_pid = peer.pid if peer is not None and peer.pid > 0 else None
     label = peer.label if peer is not None else None
     if request.interactive:
+        from ._job_control import open_peer_pidfd
         from ._pty import open_pty_program
 
-        return open_pty_program(executable, argv, env, request.fds, request.winsize, client_pid=client_pid, label=label)
+        client_pidfd = open_peer_pidfd(channel) if channel is not None and client_pid is not None else None
+        return open_pty_program(
+            executable, argv, env, request.fds, request.winsize, client_pid=client_pid,
+            client_pidfd=client_pidfd, peer_uid=peer.uid if peer is not None else None, label=label,
+        )
     return open_plain_program(executable, argv, env, request.fds, label=label)
 
 
@@ -222,7 +232,7 @@ async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: De
         session.emit(Decided(session.id, True, tuple(argv), tuple(env)))
         try:
             executable = resolve_program(argv[0], env)
-            async with open_program(request, executable, argv, env, channel.peer) as program:
+            async with open_program(request, executable, argv, env, channel.peer, channel) as program:
                 request.close_fds()  # the program holds them now; our copies would delay end-of-file
                 session.emit(Started(session.id, program.pid, executable, tuple(argv)))
                 status = await _supervise(session, program, shutdown)

@@ -57,6 +57,10 @@ def raw_mode(fd: int, on_continue: Callable[[], None] | None = None) -> Iterator
     client is in the foreground (in the background, setting it would only
     stop the client again; the `fg` that follows sends another SIGCONT).
     on_continue is called then too (the window may have changed meanwhile).
+
+    SIGTSTP (the daemon's word that the program stopped for a ^Z) puts the
+    saved settings back and stops the client, so that its shell gets the
+    terminal as it was; on continuing, as above.
     """
     try:
         saved = termios.tcgetattr(fd)
@@ -75,13 +79,27 @@ def raw_mode(fd: int, on_continue: Callable[[], None] | None = None) -> Iterator
         if on_continue is not None:
             on_continue()
 
+    def stop_for_the_program(signum, frame) -> None:
+        try:
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
+        except termios.error:
+            pass
+        # The default action stops us here; without a shell doing job control
+        # (an orphaned process group) the kernel discards it and we go on at once.
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, stop_for_the_program)
+        continued(signum, frame)
+
     # TCSANOW both ways: keys typed ahead belong to the program (going raw)
     # or to the shell (coming back), and a restore must never wait on output.
     previous = signal.signal(signal.SIGCONT, continued)
+    previous_stop = signal.signal(signal.SIGTSTP, stop_for_the_program)
     try:
         tty.setraw(fd, termios.TCSANOW)
         yield
     finally:
+        signal.signal(signal.SIGTSTP, previous_stop)
         signal.signal(signal.SIGCONT, previous)
         try:
             termios.tcsetattr(fd, termios.TCSANOW, saved)

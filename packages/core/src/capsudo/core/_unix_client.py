@@ -113,12 +113,12 @@ def _interactive_session(
     sent = request.winsize
     request_sent = False
 
-    def send_size() -> None:
+    def send_size(always: bool = False) -> None:
         nonlocal sent
         if not request_sent:
             return  # a message now would land inside the handshake
         size = terminal_size(request.stdio[1]) or terminal_size(request.stdio[0])
-        if size and size != sent:
+        if size and (always or size != sent):
             # After the outcome a resize has nowhere to go (the protocol says so).
             with contextlib.suppress(OSError, ProtocolError):
                 protocol.send(lean.WINSIZE)
@@ -129,7 +129,12 @@ def _interactive_session(
     # moment it starts, and must never meet the terminal in cooked mode.
     # A password challenge leaves this block, and the terminal restored,
     # before the secret is asked for.
-    with stop_on_signals(), raw_mode(request.stdio[0], on_continue=send_size):
+    def continued() -> None:
+        # Sent even when unchanged: to a daemon whose program stopped with
+        # us (^Z), a Winsize after the stop is the word to continue it.
+        send_size(always=True)
+
+    with stop_on_signals(), raw_mode(request.stdio[0], on_continue=continued):
         _send_request(path, connection, protocol, request, secret)
         request_sent = True
         with on_window_change(send_size):
