@@ -24,7 +24,7 @@ from capsudo.transport import (EndpointError, MessageChannel, TlsOptions, connec
 
 from ._client_request import ClientError, ClientRequest, terminal_size
 from ._password_flow import CLOSED_BEFORE_STATUS, PasswordFlow, PasswordRequired, SecretPrompt, follow_reply
-from ._terminal import FATAL_SIGNALS, Interrupted, raw_mode
+from ._terminal import FATAL_SIGNALS, Interrupted, leave_program_modes, raw_mode
 from ._unix_client import SessionResult
 
 Connect = Callable[[], Awaitable[MessageChannel]]
@@ -163,7 +163,10 @@ async def _one_connection(connect: Connect, request: ClientRequest, secret: byte
                     nursery.cancel_scope.cancel()
             except BaseExceptionGroup as group:
                 # One task failed and the other was cancelled: raise that one.
-                raise _first_leaf(group) from None
+                failure = _first_leaf(group)
+                if request.interactive and isinstance(failure, ClientError):
+                    leave_program_modes(request.stdio[1])  # the program died with its daemon
+                raise failure from None
     return status
 
 

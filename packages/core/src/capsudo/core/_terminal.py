@@ -16,6 +16,12 @@ from contextlib import contextmanager
 
 FATAL_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
 
+# What a full-screen program may have turned on and, gone with its daemon,
+# can no longer turn off: the alternate screen, a hidden cursor, mouse
+# reporting (press, drag, any motion, SGR and urxvt encodings) and
+# bracketed paste. Turned off as a terminal multiplexer does when a pane dies.
+PROGRAM_MODES_OFF = b"\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?1015l\x1b[?2004l"
+
 
 class Interrupted(BaseException):
     """A signal asked the client to stop; carries the signal number."""
@@ -105,6 +111,16 @@ def raw_mode(fd: int, on_continue: Callable[[], None] | None = None) -> Iterator
             termios.tcsetattr(fd, termios.TCSANOW, saved)
         except termios.error:
             pass  # the terminal is gone (hung up): nothing left to restore
+
+
+def leave_program_modes(fd: int) -> None:
+    """After an interactive session that ended without its status: give the
+    user's terminal its ordinary screen, cursor and input back. Only to a terminal."""
+    try:
+        if os.isatty(fd):
+            os.write(fd, PROGRAM_MODES_OFF)
+    except OSError:
+        pass  # the terminal is gone too
 
 
 @contextmanager

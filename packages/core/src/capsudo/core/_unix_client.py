@@ -108,7 +108,7 @@ def _interactive_session(
     # terminal are for interactive sessions only.
     import contextlib
 
-    from ._terminal import on_window_change, raw_mode, stop_on_signals
+    from ._terminal import leave_program_modes, on_window_change, raw_mode, stop_on_signals
 
     sent = request.winsize
     request_sent = False
@@ -139,7 +139,11 @@ def _interactive_session(
         request_sent = True
         with on_window_change(send_size):
             send_size()  # a resize between the handshake and now would go unseen
-            return _await_status(connection, protocol, errors)
+            try:
+                return _await_status(connection, protocol, errors)
+            except ClientError:
+                leave_program_modes(request.stdio[1])  # the program died with its daemon
+                raise
 
 
 def _await_status(connection: BlockingUnixConnection, protocol: SessionProtocol, errors: list[str]) -> int:
