@@ -61,6 +61,8 @@ def _link_failure(what: str, exc: BaseException) -> ClientError:
     Under TLS 1.3 the server checks our certificate after our side of the
     handshake is done, so its refusal arrives here, on the first read or write.
     """
+    if getattr(exc, "before_connecting", False):
+        return ClientError(str(exc))  # it says why the daemon was never reached
     if find_ssl_error(exc) is not None:
         return ClientError(f"the daemon refused the TLS connection: {describe_tls_failure(exc, server_side=False)}")
     reason = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc

@@ -54,7 +54,9 @@ def _connect(path: str, protocol: SessionProtocol) -> BlockingUnixConnection:
     try:
         return BlockingUnixConnection(path, protocol.message_types())
     except OSError as exc:
-        raise ClientError(f"cannot connect to {path}: {exc.strerror or exc}") from None
+        from capsudo.transport import unix_connect_failure  # only on a failure: it costs start-up time
+
+        raise ClientError(unix_connect_failure(path, exc)) from None
 
 
 class _Answered(Exception):

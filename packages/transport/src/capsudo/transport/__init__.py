@@ -58,6 +58,8 @@ __all__ = [
     "TlsHandshakeError",
     "describe_tls_failure",
     "find_ssl_error",
+    "unix_connect_failure",
+    "errno_reason",
 ]
 
 _HOME = {
@@ -91,6 +93,8 @@ _HOME = {
         "._address",
     ),
     "connect_endpoint": "._connect",
+    "unix_connect_failure": "._connect_failure",
+    "errno_reason": "._connect_failure",
     **dict.fromkeys(["open_listener", "Listener", "NetworkListener", "TlsListener", "exposure_warning"], "._listen"),
     "TlsOptions": "._tls",
     "TlsHandshakeError": "._tls",
@@ -113,6 +117,7 @@ if TYPE_CHECKING:
     from ._address import (Endpoint, SshEndpoint, TcpEndpoint, TlsEndpoint, UnixEndpoint, VsockEndpoint,
                            parse_endpoint)
     from ._connect import connect_endpoint
+    from ._connect_failure import errno_reason, unix_connect_failure
     from ._listen import Listener, NetworkListener, TlsListener, exposure_warning, open_listener
     from ._fdstream import DescriptorView, SocketView, open_view
     from ._listener import EndpointError, UnixListener, open_unix_listener
