@@ -198,7 +198,7 @@ async def test_stdio_bridge_serves_one_session(daemon_factory):
 async def test_stdio_bridge_with_its_target_down_says_why(sock_dir):
     status, stdout, _, errors = await _session_over_stdio_bridge(f"unix://{sock_dir}/absent.sock", b"")
     assert status == 1 and stdout == b""
-    assert errors == [f"capsudo-proxy: cannot connect to {sock_dir}/absent.sock: No such file or directory"]
+    assert errors == [f"capsudo-proxy: no endpoint at {sock_dir}/absent.sock: is its daemon running?"]
 
 
 def test_garbage_is_refused_at_the_stdio_bridge(daemon_factory):
@@ -300,8 +300,8 @@ def test_proxy_whose_unix_target_is_down_says_so(proxies, sock_dir):
     proxy = proxies(f"{sock_dir}/front.sock", f"{sock_dir}/absent.sock", name="front")
     result = capsudo(proxy.listen, "--", "true")
     assert result.returncode == 1
-    assert result.stderr == (f"capsudo: error: capsudo-proxy: cannot connect to {sock_dir}/absent.sock: "
-                             "No such file or directory\n").encode()
+    assert result.stderr == (f"capsudo: error: capsudo-proxy: no endpoint at {sock_dir}/absent.sock: "
+                             "is its daemon running?\n").encode()
 
 
 def test_proxy_whose_tcp_hop_went_away_says_so(chain):

@@ -150,7 +150,7 @@ def test_each_session_is_logged(daemon):
 def test_cannot_connect_names_the_endpoint(sock_dir):
     result = subprocess.run([CAPSUDO, "-S", f"{sock_dir}/absent", "true"], capture_output=True, timeout=10)
     assert result.returncode == 1
-    assert result.stderr.decode() == f"capsudo: error: cannot connect to {sock_dir}/absent: No such file or directory\n"
+    assert result.stderr.decode() == f"capsudo: error: no endpoint at {sock_dir}/absent: is its daemon running?\n"
 
 
 def test_endpoint_from_the_environment(daemon):
@@ -308,7 +308,10 @@ def test_unprivileged_user_is_refused_at_the_socket(daemon, scratch_user, sock_d
         capture_output=True, timeout=10,
     )
     assert result.returncode == 1
-    assert result.stderr.decode() == f"capsudo: error: cannot connect to {daemon.socket}: Permission denied\n"
+    assert result.stderr.decode() == (
+        f"capsudo: error: cannot connect to {daemon.socket}: permission denied "
+        "(the socket is owned by root:root, mode 770; you are not in group root)\n"
+    )
 
 
 @pytest.mark.root

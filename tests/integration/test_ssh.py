@@ -84,7 +84,7 @@ def test_the_capsudo_command_runs_a_session_over_ssh(daemon_factory, sshd, ssh_e
     assert result.stderr == b"pinned-err\n"
     missing = capsudo(_address(sshd, daemon.socket + ".absent"), "true", timeout=60, env=ssh_env)
     assert missing.returncode == 1
-    assert missing.stderr.decode().startswith("capsudo: error: capsudo-proxy: cannot connect to "), missing.stderr
+    assert missing.stderr.decode().startswith("capsudo: error: capsudo-proxy: no endpoint at "), missing.stderr
     assert missing.stderr.count(b"\n") == 1
 
 
@@ -110,7 +110,7 @@ async def test_missing_remote_socket_is_reported_by_the_far_side(sshd, ssh_env, 
     channel = await connect_endpoint(_address(sshd, f"{sock_dir}/absent.sock"))
     status, stdout, _, errors = await run_over(channel, b"")
     assert (status, stdout) == (1, b"")
-    assert errors == [f"capsudo-proxy: cannot connect to {sock_dir}/absent.sock: No such file or directory"]
+    assert errors == [f"capsudo-proxy: no endpoint at {sock_dir}/absent.sock: is its daemon running?"]
 
 
 @pytest.mark.root
@@ -121,7 +121,7 @@ async def test_refused_login_is_one_clear_line(daemon_factory, sshd, ssh_env, so
     with pytest.raises(Exception) as failure:
         await run_over(channel, b"")
     message = str(failure.value)
-    assert message.startswith(f"{_address(sshd, daemon.socket, user='nobody')}: ssh exited with status 255: ")
+    assert message.startswith(f"cannot connect to {_address(sshd, daemon.socket, user='nobody')}: ssh exited with status 255: ")
     assert "Permission denied" in message and "\n" not in message
     assert "session" not in daemon.log()
 

@@ -184,7 +184,7 @@ async def test_connection_failures_are_one_line_endpoint_errors(tmp_path):
     for text, fragment in [
         (f"tcp://127.0.0.1:{port}", "refused"),
         ("tcp://127.0.0.1:0", "only for listening"),
-        (str(tmp_path / "nothing-here"), "No such file"),
+        (str(tmp_path / "nothing-here"), "no endpoint at"),
         ("tls://127.0.0.1:1", "TLS needs a CA"),
     ]:
         with pytest.raises(EndpointError) as excinfo:

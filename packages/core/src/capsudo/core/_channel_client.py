@@ -24,7 +24,7 @@ from capsudo.transport import (EndpointError, MessageChannel, TlsOptions, connec
 
 from ._client_request import ClientError, ClientRequest, terminal_size
 from ._password_flow import CLOSED_BEFORE_STATUS, PasswordFlow, PasswordRequired, SecretPrompt, follow_reply
-from ._terminal import FATAL_SIGNALS, Interrupted, raw_mode
+from ._terminal import FATAL_SIGNALS, Interrupted, leave_program_modes, raw_mode
 from ._unix_client import SessionResult
 
 Connect = Callable[[], Awaitable[MessageChannel]]
@@ -61,6 +61,8 @@ def _link_failure(what: str, exc: BaseException) -> ClientError:
     Under TLS 1.3 the server checks our certificate after our side of the
     handshake is done, so its refusal arrives here, on the first read or write.
     """
+    if getattr(exc, "before_connecting", False):
+        return ClientError(str(exc))  # it says why the daemon was never reached
     if find_ssl_error(exc) is not None:
         return ClientError(f"the daemon refused the TLS connection: {describe_tls_failure(exc, server_side=False)}")
     reason = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
@@ -163,7 +165,10 @@ async def _one_connection(connect: Connect, request: ClientRequest, secret: byte
                     nursery.cancel_scope.cancel()
             except BaseExceptionGroup as group:
                 # One task failed and the other was cancelled: raise that one.
-                raise _first_leaf(group) from None
+                failure = _first_leaf(group)
+                if request.interactive and isinstance(failure, ClientError):
+                    leave_program_modes(request.stdio[1])  # the program died with its daemon
+                raise failure from None
     return status
 
 

@@ -72,6 +72,7 @@ class Hangup:
             return
         for program in list(self._programs):
             signal_group(program.pid, signal.SIGHUP)
+            signal_group(program.pid, signal.SIGCONT)
         with trio.move_on_after(grace):
             await self._none_left.wait()
         for program in list(self._programs):
@@ -89,6 +90,7 @@ async def _send_quietly(channel: MessageChannel, *messages) -> bool:
 
 async def _hang_up(program: RunningProgram, grace: float) -> None:
     if signal_group(program.pid, signal.SIGHUP):
+        signal_group(program.pid, signal.SIGCONT)  # a program stopped by ^Z must see its hang-up now
         await trio.sleep(grace)
         signal_group(program.pid, signal.SIGKILL)
 
@@ -160,15 +162,24 @@ async def _supervise(session: _Session, program: RunningProgram, shutdown: Hangu
     return status
 
 
-def open_program(request: Request, executable: str, argv: list[str], env: dict[str, str], peer, before_exec=None):
-    """The program, on a pty or on the client's descriptors, under the caller's security label if it has one."""
+def open_program(request: Request, executable: str, argv: list[str], env: dict[str, str], peer, before_exec=None,
+                 channel=None):
+    """The program, on a pty or on the client's descriptors, under the caller's security label if it has one.
+
+    On a pty, with the `channel` of a local client, ^Z stops the program and then the client.
+    """
     client_pid = peer.pid if peer is not None and peer.pid > 0 else None
     label = peer.label if peer is not None else None
     if request.interactive:
+        from ._job_control import open_peer_pidfd
         from ._pty import open_pty_program
 
-        return open_pty_program(executable, argv, env, request.fds, request.winsize, client_pid=client_pid,
-                                label=label, before_exec=before_exec)
+        client_pidfd = open_peer_pidfd(channel) if channel is not None and client_pid is not None else None
+        return open_pty_program(
+            executable, argv, env, request.fds, request.winsize, client_pid=client_pid,
+            client_pidfd=client_pidfd, peer_uid=peer.uid if peer is not None else None, label=label,
+            before_exec=before_exec,
+        )
     return open_plain_program(executable, argv, env, request.fds, label=label, before_exec=before_exec)
 
 
@@ -271,7 +282,8 @@ async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: De
         try:
             executable = resolve_program(argv[0], env)
             async with prepared_child(policy, identity, session.id, terminal=request.interactive) as child:
-                async with open_program(request, executable, argv, env, channel.peer, child.before_exec) as program:
+                async with open_program(request, executable, argv, env, channel.peer, child.before_exec,
+                                        channel) as program:
                     request.close_fds()  # the program holds them now; our copies would delay end-of-file
                     session.emit(Started(session.id, program.pid, executable, tuple(argv)))
                     status = await _supervise(session, program, shutdown, policy.limits.timeout)

@@ -158,7 +158,8 @@ class _Session:
                 if not request.interactive:
                     self._queue_request()
                     return self._loop()
-                from ._terminal import on_window_change, raw_mode  # contextlib and termios: for a terminal only
+                # contextlib and termios: for a terminal only
+                from ._terminal import leave_program_modes, on_window_change, raw_mode
 
                 # Raw before the descriptors leave: the program may read the
                 # terminal the moment it starts. A password challenge leaves
@@ -167,7 +168,11 @@ class _Session:
                     self._queue_request()
                     with on_window_change(self._send_size):
                         self._send_size()  # a resize between the handshake and now would go unseen
-                        return self._loop()
+                        try:
+                            return self._loop()
+                        except ClientError:
+                            leave_program_modes(request.stdio[1])  # the program died with its daemon
+                            raise
         finally:
             signal.set_wakeup_fd(previous_wakeup)
             os.close(wake_read)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import signal
 import struct
 import subprocess
@@ -26,6 +27,7 @@ import trio
 
 from capsudo.proto import Winsize
 
+from ._job_control import CONTINUED, STOPPED, client_pid as pid_of_pidfd, monitor_program, suspend_client
 from ._label import exec_label
 from ._relay_views import RelayView, open_relay_view_off_loop
 from ._spawn import SpawnError, pidfd_or_kill, signal_group
@@ -44,6 +46,11 @@ DRAIN_BOUND = 1.0
 # write to the client costs far fewer system calls on the client's side.
 OUTPUT_BATCH = 256 * 1024
 INPUT_CHUNK = 16 * 1024
+
+# After the program stopped: how long its last output may take to reach the
+# client's terminal, and how long the client may take to stop in its turn.
+OUTPUT_SETTLE_BOUND = 0.5
+CLIENT_STOP_BOUND = 2.0
 
 # While the client is not in the foreground of its terminal (stopped, or put
 # in the background), how often to look again before reading that terminal.
@@ -95,6 +102,14 @@ def _take_the_terminal(before_exec: Callable[[], None] | None = None) -> None:
         before_exec()
 
 
+def _monitor_below(report: int, before_exec: Callable[[], None] | None) -> None:
+    """The monitor stays behind as the session's leader; the program's own process goes on to exec."""
+    _take_the_terminal()
+    monitor_program(report)
+    if before_exec is not None:
+        before_exec()
+
+
 def _spawn(
     executable: str,
     argv: Sequence[str],
@@ -102,8 +117,12 @@ def _spawn(
     winsize: bytes,
     label: str | None,
     before_exec: Callable[[], None] | None = None,
+    report: int | None = None,
 ) -> tuple[subprocess.Popen, int]:
     """Start the program on a new pty; (process, master). Raises SpawnError.
+
+    With `report` (a pipe's write end), the process started leads the
+    session as a monitor and the program runs below it (see _job_control).
 
     On every way out, whatever was opened here is closed again but the
     master handed back: a descriptor lost per failed session would, after
@@ -128,7 +147,8 @@ def _spawn(
                 close_fds=True,
                 start_new_session=True,
                 restore_signals=True,
-                preexec_fn=partial(_take_the_terminal, before_exec),
+                preexec_fn=(partial(_take_the_terminal, before_exec) if report is None
+                            else partial(_monitor_below, report, before_exec)),
             )
     except BaseException as exc:
         os.close(master)
@@ -140,6 +160,36 @@ def _spawn(
     finally:
         os.close(slave)
     return process, master
+
+
+class JobControl:
+    """What a session with job control has beyond the program: the monitor's
+    report pipe, the program's own pid, and the client to stop."""
+
+    def __init__(self, report: int, program_pid: int, client_pidfd: int, peer_uid: int) -> None:
+        self.report = report
+        self.program_pid = program_pid
+        self.client_pidfd = client_pidfd
+        self.peer_uid = peer_uid
+
+    def close(self) -> None:
+        trio.lowlevel.notify_closing(self.report)
+        os.close(self.report)
+        os.close(self.client_pidfd)
+
+
+def _read_program_pid(report: int) -> int | None:
+    """The pid the monitor writes first (by the time the exec succeeded it is there)."""
+    data = b""
+    while len(data) < 4:
+        try:
+            chunk = os.read(report, 4 - len(data))
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    return int.from_bytes(data, "little")
 
 
 # --- the running program ---------------------------------------------------------
@@ -158,9 +208,14 @@ class PtyProgram:
         source: RelayView,
         sink: RelayView,
         client_pid: int | None = None,
+        job_control: JobControl | None = None,
     ) -> None:
         self._process = process
-        self.pid = process.pid
+        # The program's process group: with job control, not the monitor's.
+        self.pid = job_control.program_pid if job_control is not None else process.pid
+        self._job_control = job_control
+        self._stopped = False
+        self._delivering = False
         # Whose turn at the terminal decides whether its input may be read (None: always).
         self._client_pid = client_pid
         self._pidfd = pidfd
@@ -194,6 +249,14 @@ class PtyProgram:
                 fcntl.ioctl(self._master, termios.TIOCSWINSZ, _pack_winsize(winsize))
             except OSError:
                 pass
+        if self._stopped:
+            # A client that stopped for the program sends its size when it
+            # continues: that is the word to continue the program too.
+            self._continue()
+
+    def _continue(self) -> None:
+        self._stopped = False
+        signal_group(self.pid, signal.SIGCONT)
 
     # Three tasks; none waits for another except through events, and none
     # raises for anything the program or the client did.
@@ -208,6 +271,8 @@ class PtyProgram:
                     await self._relay_input()
 
             nursery.start_soon(relay_input)
+            if self._job_control is not None:
+                nursery.start_soon(self._follow_stops, nursery)
             await self._relay_output()
             await self._exited.wait()
             # Not one more byte of the client's input: it belongs to whatever
@@ -268,15 +333,81 @@ class PtyProgram:
         if self._sink_broken:
             return
         started = trio.current_time()
+        self._delivering = True
         try:
             await self._sink.write_all(data)
         except (OSError, trio.ClosedResourceError):
             # The client's stdout is gone; keep draining so that the program
             # is never stuck on a full terminal.
             self._sink_broken = True
+        finally:
+            self._delivering = False
         if self._exited.is_set():
             # Waiting for the client to take output does not count against the drain.
             self._drain_deadline += trio.current_time() - max(started, self._exit_time)
+
+    # --- job control -----------------------------------------------------------------
+
+    async def _follow_stops(self, nursery: trio.Nursery) -> None:
+        """Read the monitor's reports until the program has exited."""
+        assert self._job_control is not None
+        report = self._job_control.report
+        while True:
+            try:
+                data = os.read(report, 64)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(report)
+                continue
+            except OSError:
+                return
+            if not data:
+                return  # the monitor has exited
+            if data[-1:] == STOPPED and not self._stopped:
+                self._stopped = True
+                nursery.start_soon(self._suspend_client)
+            elif data[-1:] == CONTINUED:
+                self._stopped = False  # continued by someone else: nothing to wait for
+
+    async def _suspend_client(self) -> None:
+        """The program stopped: stop the client too, and continue the program
+        when the client is back in its terminal's foreground."""
+        assert self._job_control is not None
+        pidfd, uid = self._job_control.client_pidfd, self._job_control.peer_uid
+        await self._let_output_settle()
+        # What the program wrote before it stopped (a full-screen program
+        # leaving its screen) reaches the terminal before the shell has it.
+        if not self._stopped or not suspend_client(pidfd, uid):
+            if self._stopped:
+                self._continue()  # nobody could continue it: ^Z does nothing, as it used to
+            return
+        # First the client leaves the foreground (its shell has the terminal),
+        # then it comes back (`fg`). Its Winsize usually says so first; a
+        # client that sends none is seen back through /proc.
+        deadline = trio.current_time() + CLIENT_STOP_BOUND
+        left = False
+        while self._stopped:
+            pid = pid_of_pidfd(pidfd)
+            if pid is None:
+                return  # the client is gone; the session hangs the program up
+            in_front = client_in_foreground(pid)
+            if not left:
+                if not in_front:
+                    left = True
+                elif trio.current_time() > deadline:
+                    self._continue()  # it did not stop (its stop was discarded): go on
+                    return
+            elif in_front:
+                self._continue()
+                return
+            await trio.sleep(FOREGROUND_POLL)
+
+    async def _let_output_settle(self) -> None:
+        deadline = trio.current_time() + OUTPUT_SETTLE_BOUND
+        while trio.current_time() < deadline and self._master >= 0:
+            readable, _, _ = select.select([self._master], [], [], 0)
+            if not readable and not self._delivering:
+                return
+            await trio.sleep(0.005)
 
     async def _relay_input(self) -> None:
         source = self._source
@@ -341,6 +472,9 @@ class PtyProgram:
                 trio.lowlevel.notify_closing(fd)
                 os.close(fd)
         self._master = self._pidfd = -1
+        if self._job_control is not None:
+            self._job_control.close()
+            self._job_control = None
         self._source.close()
         self._sink.close()
 
@@ -354,6 +488,8 @@ async def open_pty_program(
     winsize: Winsize | None,
     *,
     client_pid: int | None = None,
+    client_pidfd: int | None = None,
+    peer_uid: int | None = None,
     label: str | None = None,
     before_exec: Callable[[], None] | None = None,
 ) -> AsyncIterator[PtyProgram]:
@@ -362,8 +498,10 @@ async def open_pty_program(
     The client's stderr is not used: the program's stderr is the terminal.
     Leaving the context before the program ended kills its process group.
     With `client_pid`, a terminal on stdin is read only while that process
-    has its turn in the terminal's foreground. With `label`, the program runs
-    under the caller's security label. `before_exec` runs in the child
+    has its turn in the terminal's foreground. With `client_pidfd` (taken
+    over, closed here) and `peer_uid` too, ^Z stops the program and then
+    the client (see _job_control). With `label`, the program runs under the
+    caller's security label. `before_exec` runs in the program's process
     once it has its terminal, just before exec.
     Raises SpawnError when the program cannot be started.
     """
@@ -371,19 +509,49 @@ async def open_pty_program(
     # what was opened before it is closed: nothing of a failed session stays.
     views: list[RelayView] = []
     master = -1
+    gate = client_pid if client_pid is not None and os.isatty(stdio_fds[0]) else None
+    # Job control only where a client can be stopped and its terminal is the user's.
+    reporting = gate is not None and client_pidfd is not None and peer_uid is not None
+    report_read = report_write = -1
+    job_control = None
     try:
         views.append(await open_relay_view_off_loop(stdio_fds[0], reading=True))
         views.append(await open_relay_view_off_loop(stdio_fds[1], reading=False))
-        process, master = _spawn(executable, argv, env, _pack_winsize(winsize), label, before_exec)
+        if reporting:
+            report_read, report_write = os.pipe2(os.O_CLOEXEC)
+        try:
+            process, master = _spawn(
+                executable, argv, env, _pack_winsize(winsize), label, before_exec,
+                report_write if reporting else None,
+            )
+        finally:
+            if report_write >= 0:
+                os.close(report_write)
         pidfd = pidfd_or_kill(process.pid, reap=process.wait)
+        if reporting:
+            program_pid = _read_program_pid(report_read)
+            if program_pid is None:
+                signal_group(process.pid, signal.SIGKILL)
+                process.wait()
+                os.close(pidfd)
+                raise SpawnError("the program's monitor did not start it")
+            os.set_blocking(report_read, False)
+            assert client_pidfd is not None and peer_uid is not None
+            job_control = JobControl(report_read, program_pid, client_pidfd, peer_uid)
     except BaseException:
         if master >= 0:
             os.close(master)
         for view in views:
             view.close()
+        if job_control is None:
+            if report_read >= 0:
+                os.close(report_read)
+            if client_pidfd is not None:
+                os.close(client_pidfd)
         raise
-    gate = client_pid if client_pid is not None and os.isatty(stdio_fds[0]) else None
-    program = PtyProgram(process, pidfd, master, views[0], views[1], client_pid=gate)
+    if job_control is None and client_pidfd is not None:
+        os.close(client_pidfd)
+    program = PtyProgram(process, pidfd, master, views[0], views[1], client_pid=gate, job_control=job_control)
     try:
         yield program
     finally:

@@ -16,6 +16,12 @@ from contextlib import contextmanager
 
 from ._fatal_signals import FATAL_SIGNALS, Interrupted, stop_on_signals  # noqa: F401  (named here too)
 
+# What a full-screen program may have turned on and, gone with its daemon,
+# can no longer turn off: the alternate screen, a hidden cursor, mouse
+# reporting (press, drag, any motion, SGR and urxvt encodings) and
+# bracketed paste. Turned off as a terminal multiplexer does when a pane dies.
+PROGRAM_MODES_OFF = b"\x1b[?1049l\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?1015l\x1b[?2004l"
+
 
 @contextmanager
 def raw_mode(fd: int, on_continue: Callable[[], None] | None = None) -> Iterator[None]:
@@ -26,6 +32,10 @@ def raw_mode(fd: int, on_continue: Callable[[], None] | None = None) -> Iterator
     client is in the foreground (in the background, setting it would only
     stop the client again; the `fg` that follows sends another SIGCONT).
     on_continue is called then too (the window may have changed meanwhile).
+
+    SIGTSTP (the daemon's word that the program stopped for a ^Z) puts the
+    saved settings back and stops the client, so that its shell gets the
+    terminal as it was; on continuing, as above.
     """
     try:
         saved = termios.tcgetattr(fd)
@@ -44,18 +54,42 @@ def raw_mode(fd: int, on_continue: Callable[[], None] | None = None) -> Iterator
         if on_continue is not None:
             on_continue()
 
+    def stop_for_the_program(signum, frame) -> None:
+        try:
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
+        except termios.error:
+            pass
+        # The default action stops us here; without a shell doing job control
+        # (an orphaned process group) the kernel discards it and we go on at once.
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, stop_for_the_program)
+        continued(signum, frame)
+
     # TCSANOW both ways: keys typed ahead belong to the program (going raw)
     # or to the shell (coming back), and a restore must never wait on output.
     previous = signal.signal(signal.SIGCONT, continued)
+    previous_stop = signal.signal(signal.SIGTSTP, stop_for_the_program)
     try:
         tty.setraw(fd, termios.TCSANOW)
         yield
     finally:
+        signal.signal(signal.SIGTSTP, previous_stop)
         signal.signal(signal.SIGCONT, previous)
         try:
             termios.tcsetattr(fd, termios.TCSANOW, saved)
         except termios.error:
             pass  # the terminal is gone (hung up): nothing left to restore
+
+
+def leave_program_modes(fd: int) -> None:
+    """After an interactive session that ended without its status: give the
+    user's terminal its ordinary screen, cursor and input back. Only to a terminal."""
+    try:
+        if os.isatty(fd):
+            os.write(fd, PROGRAM_MODES_OFF)
+    except OSError:
+        pass  # the terminal is gone too
 
 
 @contextmanager

@@ -54,7 +54,9 @@ def _connect(path: str, protocol: SessionProtocol) -> BlockingUnixConnection:
     try:
         return BlockingUnixConnection(path, protocol.message_types())
     except OSError as exc:
-        raise ClientError(f"cannot connect to {path}: {exc.strerror or exc}") from None
+        from capsudo.transport import unix_connect_failure  # only on a failure: it costs start-up time
+
+        raise ClientError(unix_connect_failure(path, exc)) from None
 
 
 class _Answered(Exception):
@@ -108,17 +110,17 @@ def _interactive_session(
     # terminal are for interactive sessions only.
     import contextlib
 
-    from ._terminal import on_window_change, raw_mode, stop_on_signals
+    from ._terminal import leave_program_modes, on_window_change, raw_mode, stop_on_signals
 
     sent = request.winsize
     request_sent = False
 
-    def send_size() -> None:
+    def send_size(always: bool = False) -> None:
         nonlocal sent
         if not request_sent:
             return  # a message now would land inside the handshake
         size = terminal_size(request.stdio[1]) or terminal_size(request.stdio[0])
-        if size and size != sent:
+        if size and (always or size != sent):
             # After the outcome a resize has nowhere to go (the protocol says so).
             with contextlib.suppress(OSError, ProtocolError):
                 protocol.send(lean.WINSIZE)
@@ -129,12 +131,21 @@ def _interactive_session(
     # moment it starts, and must never meet the terminal in cooked mode.
     # A password challenge leaves this block, and the terminal restored,
     # before the secret is asked for.
-    with stop_on_signals(), raw_mode(request.stdio[0], on_continue=send_size):
+    def continued() -> None:
+        # Sent even when unchanged: to a daemon whose program stopped with
+        # us (^Z), a Winsize after the stop is the word to continue it.
+        send_size(always=True)
+
+    with stop_on_signals(), raw_mode(request.stdio[0], on_continue=continued):
         _send_request(path, connection, protocol, request, secret)
         request_sent = True
         with on_window_change(send_size):
             send_size()  # a resize between the handshake and now would go unseen
-            return _await_status(connection, protocol, errors)
+            try:
+                return _await_status(connection, protocol, errors)
+            except ClientError:
+                leave_program_modes(request.stdio[1])  # the program died with its daemon
+                raise
 
 
 def _await_status(connection: BlockingUnixConnection, protocol: SessionProtocol, errors: list[str]) -> int:

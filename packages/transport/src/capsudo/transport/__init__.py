@@ -72,6 +72,8 @@ __all__ = [
     "notify_reloading",
     "notify_stopping",
     "notify_status",
+    "unix_connect_failure",
+    "errno_reason",
 ]
 
 _HOME = {
@@ -109,6 +111,8 @@ _HOME = {
         "._address",
     ),
     "connect_endpoint": "._connect",
+    "unix_connect_failure": "._connect_failure",
+    "errno_reason": "._connect_failure",
     **dict.fromkeys(["open_listener", "Listener", "NetworkListener", "TlsListener", "exposure_warning"], "._listen"),
     "TlsOptions": "._tls",
     "TlsHandshakeError": "._tls",
@@ -137,6 +141,7 @@ if TYPE_CHECKING:
     from ._connect import connect_endpoint
     from ._dial import Link, dial
     from ._private_access import private_access
+    from ._connect_failure import errno_reason, unix_connect_failure
     from ._listen import Listener, NetworkListener, TlsListener, exposure_warning, open_listener
     from ._fdstream import DescriptorView, SocketView, open_view
     from ._errors import EndpointError

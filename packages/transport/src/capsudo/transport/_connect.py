@@ -6,7 +6,8 @@ import trio
 
 from ._address import Endpoint, SshEndpoint, TlsEndpoint, UnixEndpoint, VsockEndpoint, as_endpoint, bracket
 from ._channel import MessageChannel
-from ._dial import DEFAULT_HANDSHAKE_TIMEOUT, os_reason, refuse_undialable
+from ._connect_failure import errno_reason, unix_connect_failure
+from ._dial import DEFAULT_HANDSHAKE_TIMEOUT, refuse_undialable
 from ._errors import EndpointError
 from ._mux_channel import MuxChannel
 from ._tls import TlsHandshakeError, TlsOptions, describe_tls_failure
@@ -53,7 +54,7 @@ async def connect_endpoint(
         try:
             return await connect_unix(endpoint.path)
         except OSError as exc:
-            raise EndpointError(f"cannot connect to {endpoint.path}: {os_reason(exc)}") from None
+            raise EndpointError(unix_connect_failure(endpoint.path, exc)) from None
     if isinstance(endpoint, SshEndpoint):
         from ._ssh import connect_ssh
 
@@ -66,7 +67,7 @@ async def connect_endpoint(
     try:
         stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
     except OSError as exc:
-        raise EndpointError(f"cannot connect to {endpoint}: {os_reason(exc)}") from None
+        raise EndpointError(f"cannot connect to {endpoint}: {errno_reason(exc)}") from None
     if context is None:
         return MuxChannel(stream, "dialing", description=f"tcp {bracket(endpoint.host)}:{endpoint.port}", **channel_options)
     ssl_stream = trio.SSLStream(stream, context, server_hostname=endpoint.host, https_compatible=False)

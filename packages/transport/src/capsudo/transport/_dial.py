@@ -15,6 +15,7 @@ import _socket as socket
 
 from ._address import TlsEndpoint, bracket
 from ._errors import EndpointError
+from ._connect_failure import errno_reason
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -25,17 +26,6 @@ if TYPE_CHECKING:
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 #: How long a graceful close of the link (our end of file, then the peer's) may take.
 CLOSE_TIMEOUT = 1.0
-
-
-def os_reason(exc: OSError) -> str:
-    if exc.strerror:
-        return exc.strerror
-    cause = exc.__cause__
-    if isinstance(cause, BaseExceptionGroup):
-        for inner in cause.exceptions:
-            if isinstance(inner, OSError) and inner.strerror:
-                return inner.strerror
-    return str(exc)
 
 
 def refuse_undialable(endpoint: TcpEndpoint, tls: TlsOptions | None) -> None:
@@ -120,7 +110,7 @@ def dial(endpoint: TcpEndpoint, tls: TlsOptions | None, handshake_timeout: float
     try:
         sock = _connect(endpoint.host, endpoint.port)
     except OSError as exc:
-        raise EndpointError(f"cannot connect to {endpoint}: {os_reason(exc)}") from None
+        raise EndpointError(f"cannot connect to {endpoint}: {errno_reason(exc)}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as trio does: a keystroke goes out at once
     where = f"{bracket(endpoint.host)}:{endpoint.port}"
     if context is None:

@@ -26,7 +26,8 @@ from ._address import (Endpoint, SshEndpoint, TcpEndpoint, TlsEndpoint, UnixEndp
                        bracket)
 from ._channel import MessageChannel
 from ._channel_limits import ChannelLimits
-from ._connect import DEFAULT_HANDSHAKE_TIMEOUT, fail_handshake, os_reason
+from ._connect import DEFAULT_HANDSHAKE_TIMEOUT, fail_handshake
+from ._connect_failure import errno_reason
 from ._errors import EndpointError
 from ._listener import open_unix_listener
 from ._mux import _TaskGroup
@@ -311,7 +312,7 @@ async def _listen_tcp(endpoint: TcpEndpoint | TlsEndpoint, backlog: int) -> trio
             endpoint.host, endpoint.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except OSError as exc:
-        raise EndpointError(f"cannot listen on {endpoint}: {os_reason(exc)}") from None
+        raise EndpointError(f"cannot listen on {endpoint}: {errno_reason(exc)}") from None
     family, kind, proto, _, address = infos[0]
     sock = trio.socket.socket(family, kind, proto)
     try:
@@ -322,7 +323,7 @@ async def _listen_tcp(endpoint: TcpEndpoint | TlsEndpoint, backlog: int) -> trio
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        raise EndpointError(f"cannot listen on {endpoint}: {os_reason(exc)}") from None
+        raise EndpointError(f"cannot listen on {endpoint}: {errno_reason(exc)}") from None
     return trio.SocketListener(sock)
 
 

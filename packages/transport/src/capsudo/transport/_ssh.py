@@ -84,6 +84,12 @@ def _last_line(path_file) -> str:
     return lines[-1] if lines else ""
 
 
+class SshUnreached(trio.BrokenResourceError):
+    """ssh failed before the far end said a word: the daemon was never reached."""
+
+    before_connecting = True
+
+
 class SshChannel(MessageChannel):
     """A dialing MuxChannel over an ssh process; ssh's failures become one-line errors."""
 
@@ -95,6 +101,8 @@ class SshChannel(MessageChannel):
         link = trio.StapledStream(process.stdin, process.stdout)
         self.mux = MuxChannel(link, "dialing", description=self.description, **channel_options)
         self._closed = False
+        # Until a message arrives, a failed ssh means the daemon was never reached.
+        self._heard = False
 
     async def _ssh_failure(self) -> str | None:
         """Why ssh failed, once it has exited; None when it is still running or exited 0."""
@@ -105,7 +113,8 @@ class SshChannel(MessageChannel):
             return None
         how = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
         detail = _last_line(self._stderr)
-        message = f"{self.endpoint}: ssh {how}" + (f": {detail}" if detail else "")
+        where = f"{self.endpoint}" if self._heard else f"cannot connect to {self.endpoint}"
+        message = f"{where}: ssh {how}" + (f": {detail}" if detail else "")
         if status == 127:
             # The remote shell found no such command, most likely the proxy.
             message += f" (is capsudo-proxy installed there? {REMOTE_PROXY_VARIABLE} names it)"
@@ -118,7 +127,10 @@ class SshChannel(MessageChannel):
             failure = await self._ssh_failure()
             if failure is None:
                 raise
-            raise trio.BrokenResourceError(failure) from exc
+            raise self._broken(failure) from exc
+
+    def _broken(self, failure: str) -> trio.BrokenResourceError:
+        return trio.BrokenResourceError(failure) if self._heard else SshUnreached(failure)
 
     async def receive(self) -> Received | None:
         try:
@@ -129,11 +141,13 @@ class SshChannel(MessageChannel):
             failure = await self._ssh_failure()
             if failure is None:
                 raise
-            raise trio.BrokenResourceError(failure) from exc
+            raise self._broken(failure) from exc
         if received is None:
             failure = await self._ssh_failure()
             if failure is not None:
-                raise trio.BrokenResourceError(failure)
+                raise self._broken(failure)
+        else:
+            self._heard = True
         return received
 
     async def aclose(self) -> None:
