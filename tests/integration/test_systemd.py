@@ -170,3 +170,38 @@ def test_the_example_units_pass_systemd_analyze_verify(tmp_path):
     broken = tmp_path / "capsudod@.service"
     broken.write_text(broken.read_text().replace(CAPSUDOD, "/nonexistent/capsudod"))
     assert verify(units).returncode != 0
+
+
+@needs_socket_activate
+def test_a_configuration_file_takes_each_named_socket_for_its_endpoint(started, sock_dir, notify_socket):
+    notify_path, received = notify_socket
+    paths = {"year": os.path.join(sock_dir, "year.sock"), "hello": os.path.join(sock_dir, "hello.sock")}
+    config = Path(sock_dir, "capsudo.toml")
+    # The file's own addresses are not where systemd bound the sockets: the names decide.
+    config.write_text(
+        '[defaults]\nclient-environment = false\npin = "command"\n\n'
+        f'[endpoint.year]\nlisten = "{sock_dir}/elsewhere-1"\ncommand = ["date", "-u", "+%Y"]\n\n'
+        f'[endpoint.hello]\nlisten = "{sock_dir}/elsewhere-2"\ncommand = ["echo", "hello"]\n')
+    daemon = activate(started, sock_dir, paths, "--config", str(config), notify=notify_path)
+    assert capsudo(paths["hello"], "--").stdout == b"hello\n"
+    assert received.recv(4096).decode() == "READY=1\nSTATUS=serving 2 endpoint(s): year, hello"
+    assert capsudo(paths["year"], "--").returncode == 0
+    assert not os.path.exists(f"{sock_dir}/elsewhere-1")
+
+    daemon.process.send_signal(signal.SIGHUP)
+    assert received.recv(4096).decode().startswith("RELOADING=1\nMONOTONIC_USEC=")
+    assert received.recv(4096).decode() == "READY=1\nSTATUS=serving 2 endpoint(s): year, hello"
+    assert daemon.stop() == 0
+    assert received.recv(4096).decode().split("\n")[0] == "STOPPING=1"
+
+
+@needs_socket_activate
+def test_a_passed_socket_no_endpoint_of_the_file_claims_is_refused(started, sock_dir):
+    paths = {"hello": os.path.join(sock_dir, "hello.sock"), "stray": os.path.join(sock_dir, "stray.sock")}
+    config = Path(sock_dir, "capsudo.toml")
+    config.write_text(f'[endpoint.hello]\nlisten = "{sock_dir}/x"\ncommand = ["echo"]\n')
+    daemon = activate(started, sock_dir, paths, "--config", str(config))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(paths["hello"])
+        assert daemon.process.wait(10) == 1
+    assert "stray" in daemon.log().splitlines()[-1], daemon.log()

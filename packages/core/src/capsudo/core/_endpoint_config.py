@@ -16,8 +16,11 @@ from capsudo.transport import DEFAULT_MODE, ChannelLimits, Endpoint, Owner, TlsO
 
 from ._limits import ConnectionLimits, SessionLimits
 from ._option_groups import PROGRAM_FIELD, daemon_options
-from ._option_table import LIST, Option, UsageError, convert
+from ._option_table import BYTES, INTEGER, LIST, SECONDS, Option, UsageError, convert
 from ._policy import Policy
+from ._policy_error import PolicyError
+from ._program_limits import ProgramLimits
+from ._run_as import RunAs
 
 _CONNECTION_FIELDS = ("max-sessions", "max-sessions-per-peer", "max-handshakes", "max-handshakes-per-peer")
 _SESSION_FIELDS = ("handshake-timeout", "max-items", "max-bytes", "hangup-grace")
@@ -38,6 +41,8 @@ class EndpointConfig:
     session_limits: SessionLimits = SessionLimits()
     connection_limits: ConnectionLimits = ConnectionLimits()
     channel_limits: ChannelLimits = ChannelLimits()
+    #: Files that get a JSON line per event of every session.
+    audit: tuple[str, ...] = ()
 
 
 def _python_name(field_name: str) -> str:
@@ -72,7 +77,14 @@ def build_config(values: Mapping[str, object], labels: Mapping[str, str] | None 
             raise UsageError(f"{name('env')} takes KEY=VALUE, got {entry!r}")
         environment[key] = entry_value
     policy = Policy(tuple(typed.get(PROGRAM_FIELD, ())), bool(typed.get("fixed-arguments")),
-                    bool(typed.get("fixed-environment")), environment)
+                    bool(typed.get("fixed-environment")), environment, _run_as(typed, name),
+                    _program_limits(typed, name))
+    try:
+        # What this system cannot give (no such user, a limit it would not
+        # enforce) is refused now, at start, rather than at every session.
+        policy.validate()
+    except PolicyError as exc:
+        raise UsageError(str(exc)) from None
     session_limits = SessionLimits(**{_python_name(key): typed[key] for key in _SESSION_FIELDS if key in typed})
     connection_limits = ConnectionLimits(
         **{_python_name(key): typed[key] for key in _CONNECTION_FIELDS if key in typed})
@@ -81,7 +93,42 @@ def build_config(values: Mapping[str, object], labels: Mapping[str, str] | None 
 
     address, tls, owner, mode = _listening(typed, name)
     return EndpointConfig(address, tls, owner, mode, bool(typed.get("allow-unsafe-directory")), policy,
-                          session_limits, connection_limits, channel_limits)
+                          session_limits, connection_limits, channel_limits, tuple(typed.get("audit", ())))
+
+
+def _run_as(typed: Mapping[str, object], name) -> RunAs:
+    umask = typed.get("umask")
+    if umask is not None:
+        try:
+            umask = int(umask, 8)
+        except ValueError:
+            raise UsageError(f"{name('umask')} takes an octal mode such as 022, got {umask!r}") from None
+    groups = typed.get("groups")
+    if groups is not None:
+        groups = tuple(group for group in groups if group)  # --groups '' : none at all
+    try:
+        return RunAs(typed.get("user"), typed.get("group"), groups, typed.get("directory"), umask)
+    except PolicyError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# How each limit's value is written: a count, a size or a time.
+_LIMIT_KINDS = {"nofile": INTEGER, "nproc": INTEGER, "tasks": INTEGER, "cpu": SECONDS}
+
+
+def _program_limits(typed: Mapping[str, object], name) -> ProgramLimits:
+    values: dict[str, object] = {}
+    for entry in typed.get("limit", ()):
+        limit, sep, raw = entry.partition("=")
+        if not sep or not limit:
+            raise UsageError(f"{name('limit')} takes NAME=VALUE, got {entry!r}")
+        kind = _LIMIT_KINDS.get(limit, BYTES)
+        value = convert(Option(limit, kind), raw, f"{name('limit')} {limit}")
+        values[limit] = int(value) if kind == SECONDS else value
+    try:
+        return ProgramLimits.from_mapping(values, typed.get("timeout"))
+    except PolicyError as exc:
+        raise UsageError(f"{name('limit')}: {exc}") from None
 
 
 def _listening(typed: Mapping[str, object], name):

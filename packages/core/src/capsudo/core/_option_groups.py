@@ -118,6 +118,33 @@ def channel_limit_options() -> list[Option]:
     ]
 
 
+RUN_AS_SECTION = "the program's user, limits and audit"
+
+
+def run_as_options() -> list[Option]:
+    section = RUN_AS_SECTION
+    return [
+        Option("user", TEXT, None, "run the program as this user (a name or a number), with its HOME, USER, "
+               "LOGNAME and SHELL unless -e pins them", short="u", metavar="USER", section=section,
+               default_text="the daemon's"),
+        Option("group", TEXT, None, "and this group", short="g", metavar="GROUP", section=section,
+               default_text="the user's primary group"),
+        Option("groups", LIST, None, "supplementary groups (repeatable; --groups '' for none)", metavar="GROUP",
+               section=section, default_text="the user's own"),
+        Option("directory", TEXT, None, "the program's working directory, entered as its user", short="D",
+               metavar="DIR", section=section, default_text="the daemon's"),
+        Option("umask", TEXT, None, "the program's umask (octal)", metavar="MODE", section=section,
+               default_text="the daemon's"),
+        Option("timeout", SECONDS, None, "the program's wall-clock time: SIGTERM at its end, SIGKILL after the "
+               "hang-up grace", minimum=0.001, section=section, default_text="none"),
+        Option("limit", LIST, (), "NAME=VALUE (repeatable): a resource limit (nofile, nproc, cpu, as, core, "
+               "fsize, data, stack, memlock) or a limit of the session's cgroup (memory, tasks); sizes as 64K, 1G",
+               metavar="NAME=VALUE", section=section),
+        Option("audit", LIST, (), "append a JSON line per event of every session to this file (repeatable)",
+               metavar="FILE", section=section),
+    ]
+
+
 def daemon_options() -> list[Option]:
     """capsudod's table: every field of an endpoint's configuration, in -h order."""
     return [
@@ -131,6 +158,7 @@ def daemon_options() -> list[Option]:
         *handshake_limit_options(),
         hangup_grace_option(),
         *channel_limit_options(),
+        *run_as_options(),
     ]
 
 

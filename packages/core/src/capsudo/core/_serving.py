@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from capsudo.proto import Error, Exit, ProtocolError
-from capsudo.transport import MessageChannel, close_fds, notify_stopping
+from capsudo.transport import MessageChannel, close_fds, notify_ready, notify_reloading, notify_stopping
 
 from ._limits import ConnectionLimits
 
@@ -324,16 +324,28 @@ def hold_stop_signals(signals=STOP_SIGNALS) -> None:
         signal.signal(signum, lambda number, frame: _held_signals.append(number))
 
 
-async def stop_on_signals(log: Callable[[str], None], endpoints, signals=STOP_SIGNALS) -> None:
+async def stop_on_signals(log: Callable[[str], None], endpoints, signals=STOP_SIGNALS, *,
+                          reload: Callable[[], Awaitable[str]] | None = None) -> None:
     """Wait for SIGTERM, SIGINT or SIGHUP, then stop every endpoint; for a command's main() alone.
 
-    A service manager hears STOPPING=1 (sd_notify) before the endpoints stop.
+    With `reload`, SIGHUP calls it instead (it returns what is served now)
+    and the wait goes on. A service manager hears STOPPING=1, or RELOADING=1
+    then READY=1 (sd_notify), as each happens.
     """
     with trio.open_signal_receiver(*signals) as received:
         # Opened first, then looked at: a signal is either held or received.
-        signum = _held_signals[0] if _held_signals else await received.__anext__()
-        name = signal.Signals(signum).name
-        log(f"{name}: stopping, hanging up running programs")
-        notify_stopping(f"stopping on {name}, hanging up running programs")
-        for endpoint in endpoints:
-            endpoint.stop()
+        held = list(_held_signals)
+        _held_signals.clear()
+        while True:
+            signum = held.pop(0) if held else await received.__anext__()
+            name = signal.Signals(signum).name
+            if signum == signal.SIGHUP and reload is not None:
+                log(f"{name}: reloading the configuration")
+                notify_reloading()
+                notify_ready(await reload())
+                continue
+            log(f"{name}: stopping, hanging up running programs")
+            notify_stopping(f"stopping on {name}, hanging up running programs")
+            for endpoint in endpoints:
+                endpoint.stop()
+            return

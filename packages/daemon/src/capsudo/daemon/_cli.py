@@ -1,15 +1,16 @@
-"""`capsudod [-S endpoint] [-f] [-E] [-e KEY=VALUE]... [-o user[:group]] [-m mode] [--] [program [args...]]`"""
+"""`capsudod [options] [--] [program [args...]]`, or `capsudod --config FILE [--check]`."""
 
 from __future__ import annotations
 
 import sys
 
-from capsudo.core import (LIMITS_SECTION, TLS_SECTION, EndpointConfig, UsageError, build_config, command_line_status,
-                          daemon_options, read_command_line, usage_error, usage_text)
+from capsudo.core import (FLAG, LIMITS_SECTION, TEXT, TLS_SECTION, EndpointConfig, Option, UsageError, build_config,
+                          command_line_status, daemon_options, read_command_line, usage_error, usage_text)
 
 SYNOPSIS = """\
 usage: capsudod [-S endpoint] [-f] [-E] [-e KEY=VALUE]... [-o user[:group]] [-m mode]
-                [--tls-cert F --tls-key F --tls-ca F] [limits] [--] [program [args...]]"""
+                [--tls-cert F --tls-key F --tls-ca F] [-u user] [limits] [--] [program [args...]]
+       capsudod --config FILE [--check]"""
 
 DESCRIPTION = """\
 Hold this process's privilege and delegate it to whoever can reach the
@@ -32,15 +33,40 @@ A tcp:// endpoint has no access control: whoever reaches the port holds the
 capability (a warning says so). Use tls:// or a Unix socket beyond loopback."""
 
 
+FILE_SECTION = "a configuration file"
+INTROS[FILE_SECTION] = ("One process serves every endpoint the file declares (capsudo.toml(5), docs/configuration.md); "
+                        "SIGHUP reads it again. With --config, the file says everything: no other option applies.")
+
+
+def command_line_options() -> list[Option]:
+    """The endpoint's options, and the two that read a file instead."""
+    from ._declared import DEFAULT_CONFIG
+
+    return [
+        *daemon_options(),
+        Option("config", TEXT, None, "serve the endpoints this file declares", metavar="FILE", section=FILE_SECTION),
+        Option("check", FLAG, False, "check the file, print what it would serve, and exit: 0 if it is good, 2 if "
+               f"not (without --config: {DEFAULT_CONFIG})", section=FILE_SECTION),
+    ]
+
+
 def usage() -> str:
-    return usage_text(SYNOPSIS, DESCRIPTION, daemon_options(), INTROS, EPILOG)
+    return usage_text(SYNOPSIS, DESCRIPTION, command_line_options(), INTROS, EPILOG)
 
 
-def parse_command_line(argv: list[str]) -> EndpointConfig | None:
-    """The configuration argv describes; None for -h. Raises UsageError."""
-    values, labels, program = read_command_line(daemon_options(), argv)
+def parse_command_line(argv: list[str]) -> EndpointConfig | str | None:
+    """The configuration argv describes, or the path of a file to serve; None for -h. Raises UsageError."""
+    values, labels, program = read_command_line(command_line_options(), argv)
     if values is None or values == "version":
         return None
+    if "config" in values or "check" in values:
+        from ._declared import DEFAULT_CONFIG
+
+        others = [labels[field] for field in values if field not in ("config", "check")]
+        if others or program:
+            raise UsageError(f"{others[0] if others else repr(program[0])} does not go with --config or --check: "
+                             "the file says everything")
+        return values.get("config", DEFAULT_CONFIG)
     if program:
         values["program"] = program
     return build_config(values, labels)
@@ -49,63 +75,45 @@ def parse_command_line(argv: list[str]) -> EndpointConfig | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        parsed = read_command_line(daemon_options(), argv)
+        parsed = read_command_line(command_line_options(), argv)
         status = command_line_status("capsudod", usage(), parsed)
         if status is not None:
             return status
         config = parse_command_line(argv)
     except UsageError as exc:
         return usage_error("capsudod", exc)
+    if isinstance(config, str):
+        from ._file_daemon import serve_file
 
+        return serve_file(config, check="check" in parsed[0])
+    return _serve_one(config)
+
+
+def _serve_one(config: EndpointConfig) -> int:
     import trio
 
-    from capsudo.core import hold_stop_signals
+    from capsudo.core import AuditFiles, hold_stop_signals
 
-    from ._server import ServerSettings, log, serve_listener, serve_without_endpoint
+    from ._endpoint import DaemonEndpoint, EndpointStartError, bound_address
+    from ._server import log, serve_endpoint, serve_without_endpoint
 
-    settings = ServerSettings(config.policy, config.session_limits, config.connection_limits)
-    if (unpinned := config.policy.unpinned_environment_warning()) is not None:
-        log(f"warning: {unpinned}")
+    try:
+        events = AuditFiles().sink(config.audit, None)
+    except OSError as exc:
+        log(f"cannot open the audit file {exc.filename}: {exc.strerror}")
+        return 1
     if config.address is None:
-        return serve_without_endpoint(settings)
-
-    from capsudo.transport import EndpointError, open_listener
+        if (unpinned := config.policy.unpinned_environment_warning()) is not None:
+            log(f"warning: {unpinned}")
+        return serve_without_endpoint(config, events)
 
     async def listen_and_serve() -> int:
         try:
-            listener = await open_listener(
-                config.address,
-                tls=config.tls,
-                owner=config.owner,
-                mode=config.mode,
-                allow_unsafe_directory=config.allow_unsafe_directory,
-                handshake_timeout=config.session_limits.handshake_timeout,
-                # A refused TLS client is one line in the log; the others go on.
-                on_handshake_error=lambda error: log(str(error)),
-                channel_limits=config.channel_limits,
-            )
-        except EndpointError as exc:
+            endpoint = await DaemonEndpoint.open(None, config, log=log, events=events)
+        except EndpointStartError as exc:
             log(str(exc))
             return 1
-        warning = getattr(listener, "warning", None)
-        if warning:
-            log(f"warning: {warning}")
-        where = _bound_address(config.address, listener)
-        log(f"listening on {where}")
-        return await serve_listener(listener, settings, where)
+        return await serve_endpoint(endpoint, bound_address(config.address, endpoint.listener))
 
     hold_stop_signals()
     return trio.run(listen_and_serve)
-
-
-def _bound_address(endpoint, listener) -> str:
-    """The endpoint as bound: with the real port when 0 was asked for."""
-    from capsudo.transport import TcpEndpoint, TlsEndpoint, UnixEndpoint, VsockEndpoint
-
-    if isinstance(endpoint, UnixEndpoint):
-        return listener.path
-    port = listener.port
-    if isinstance(endpoint, VsockEndpoint):
-        return str(VsockEndpoint(endpoint.cid, port))
-    kind = TlsEndpoint if isinstance(endpoint, TlsEndpoint) else TcpEndpoint
-    return str(kind(endpoint.host, port))

@@ -1,11 +1,10 @@
-"""Serving sessions: on a listener through the shared accept loop, or one on stdin.
+"""capsudod's ways to serve one endpoint: listening, on the socket systemd passed, or one session on stdin.
 
-The accept loop itself (session and handshake slots, back-off under pressure, stop on
-SIGTERM, SIGINT or SIGHUP) is core's serve_connections; this module binds it
-to the daemon's policy and limits, and hangs running programs up on stop.
-Without -S the listener is the one socket systemd passed (socket
-activation, Accept=no), else the session is the connection on stdin
-(Accept=yes, inetd); the service manager hears READY=1 and what is served.
+The accept loop (session and handshake slots, back-off under pressure) is
+core's; a DaemonEndpoint binds it to the endpoint's configuration. Without
+-S the listener is the one socket systemd passed (socket activation,
+Accept=no), else the session is the connection on stdin (Accept=yes,
+inetd); the service manager hears READY=1 and what is served.
 """
 
 from __future__ import annotations
@@ -13,45 +12,17 @@ from __future__ import annotations
 import os
 import shlex
 import socket
-from dataclasses import dataclass
-from functools import partial
 
 import trio
 
-from capsudo.core import (STOP_SIGNALS, ConnectionLimits, Hangup, Logger, Policy, ServedEndpoint, SessionLimits,
-                          hold_stop_signals, serve_session, stop_on_signals)
+from capsudo.core import (STOP_SIGNALS, EndpointConfig, EventSink, Hangup, Logger, Policy, hold_stop_signals,
+                          serve_session, stop_on_signals)
 from capsudo.transport import (ActivationError, EndpointError, UnixChannel, activated_sockets, adopt_listener,
                                notify_ready)
 
+from ._endpoint import DaemonEndpoint
+
 log = Logger("capsudod")
-
-
-@dataclass
-class ServerSettings:
-    policy: Policy
-    limits: SessionLimits
-    connections: ConnectionLimits = ConnectionLimits()
-
-
-def served_endpoint(listener, settings: ServerSettings) -> ServedEndpoint:
-    """The daemon's endpoint on `listener`: sessions under its policy; at the stop, programs hung up."""
-    shutdown = Hangup()
-    # What the program reads in CAPSUDO_ENDPOINT: the socket's path where there is one.
-    endpoint = getattr(listener, "path", None)
-
-    async def serve_one(channel):
-        return await serve_session(channel, settings.policy, settings.limits, shutdown, endpoint=endpoint)
-
-    return ServedEndpoint(
-        listener,
-        serve_one,
-        log=log,
-        limits=settings.connections,
-        max_handshake_bytes=settings.limits.max_bytes,
-        hang_up=partial(shutdown.hang_up_all, settings.limits.hangup_grace),
-        # Programs get SIGHUP at the stop and SIGKILL after the grace.
-        grace=settings.limits.hangup_grace,
-    )
 
 
 def serving_status(policy: Policy, where: str) -> str:
@@ -61,18 +32,17 @@ def serving_status(policy: Policy, where: str) -> str:
     return f"serving {program}{' (' + ' '.join(pins) + ')' if pins else ''} on {where}"
 
 
-async def serve_listener(listener, settings: ServerSettings, where: str) -> int:
-    """Serve on `listener` until SIGTERM, SIGINT or SIGHUP, telling the service manager when it serves."""
-    endpoint = served_endpoint(listener, settings)
+async def serve_endpoint(endpoint: DaemonEndpoint, where: str) -> int:
+    """Serve one endpoint until SIGTERM, SIGINT or SIGHUP, telling the service manager when it serves."""
     async with trio.open_nursery() as nursery:
         await nursery.start(endpoint.run)
-        notify_ready(serving_status(settings.policy, where))
+        notify_ready(serving_status(endpoint.config.policy, where))
         # SIGTERM, SIGINT or SIGHUP: stop accepting, hang running programs up.
         await stop_on_signals(log, [endpoint])
     return 0
 
 
-def serve_without_endpoint(settings: ServerSettings) -> int:
+def serve_without_endpoint(config: EndpointConfig, events: EventSink | None) -> int:
     """No -S: the socket systemd passed, else one session on stdin; a one-line refusal for anything else."""
     try:
         passed = activated_sockets()
@@ -89,13 +59,14 @@ def serve_without_endpoint(settings: ServerSettings) -> int:
             return 1
         where = f"{listener.path} (passed by systemd as {name})" if hasattr(listener, "path") else name
         log(f"listening on {where}")
+        endpoint = DaemonEndpoint(None, config, listener, log=log, events=events)
         hold_stop_signals()
-        return trio.run(serve_listener, listener, settings, where)
+        return trio.run(serve_endpoint, endpoint, where)
     refusal = stdin_refusal()
     if refusal is not None:
         log(refusal)
         return 2
-    trio.run(serve_stdin, settings)
+    trio.run(serve_stdin, config, events)
     return 0
 
 
@@ -120,7 +91,7 @@ def stdin_refusal() -> str | None:
     return None
 
 
-async def serve_stdin(settings: ServerSettings) -> None:
+async def serve_stdin(config: EndpointConfig, events: EventSink | None) -> None:
     """Serve exactly one session on the connected Unix socket that is stdin."""
     sock = socket.fromfd(0, socket.AF_UNIX, socket.SOCK_STREAM)
     # Our copy is the only one we keep: stdin becomes /dev/null, so the
@@ -130,15 +101,16 @@ async def serve_stdin(settings: ServerSettings) -> None:
     os.close(devnull)
     channel = UnixChannel(sock)
     shutdown = Hangup()
+    limits = config.session_limits
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
 
             async def hang_up_on_signal() -> None:
                 async for _ in signals:
-                    await shutdown.hang_up_all(settings.limits.hangup_grace)
+                    await shutdown.hang_up_all(limits.hangup_grace)
                     return
 
             nursery.start_soon(hang_up_on_signal)
-            record = await serve_session(channel, settings.policy, settings.limits, shutdown)
+            record = await serve_session(channel, config.policy, limits, shutdown, events=events)
             nursery.cancel_scope.cancel()
     log(str(record))
