@@ -207,3 +207,26 @@ def test_run_as_limits_and_audit_from_the_file(sock_dir, file_daemons, program_u
     assert "=root" not in audit.read_text() and "/root" not in events[1:3].__repr__()
     assert events[4]["status"] == 0
     assert daemon.stop() == 0
+
+
+@pytest.mark.root
+def test_the_example_file_checks(tmp_path):
+    """examples/capsudo.toml, as installed, on a system that has the group it names."""
+    import grp
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "capsudo.toml"
+    created = False
+    try:
+        grp.getgrnam("capsudo")
+    except KeyError:
+        if shutil.which("groupadd") is None or os.geteuid() != 0:
+            pytest.skip("the example names group capsudo; needs root and groupadd to create it")
+        subprocess.run(["groupadd", "--system", "capsudo"], check=True, capture_output=True)
+        created = True
+    try:
+        result = subprocess.run([CAPSUDOD, "--config", str(example), "--check"], capture_output=True, text=True)
+    finally:
+        if created:
+            subprocess.run(["groupdel", "capsudo"], check=False, capture_output=True)
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == ["restart-nginx", "apt-update", "list-spool"]
