@@ -48,7 +48,8 @@ venv: .venv/.synced
 # here, never from the index; their third-party dependencies at the versions
 # of uv.lock. The environment is relocatable, so a DESTDIR install works
 # once moved to /; the launchers name the final path. Configuration and the
-# PAM file are installed only where none exists yet.
+# PAM file are installed only where none exists yet. The man pages of man/
+# and the completions of share/completions/ go where man and the shells look.
 PREFIX ?= /usr/local
 DESTDIR ?=
 SYSCONFDIR ?= /etc
@@ -56,6 +57,10 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 INSTALL_PYTHON ?= $(firstword $(wildcard /usr/bin/python3) $(shell command -v python3))
 LIBDIR = $(PREFIX)/lib/capsudo
 DOCDIR = $(PREFIX)/share/doc/capsudo
+# Where bash-completion, zsh and fish look for completions under PREFIX.
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
 COMMANDS = capsudo=capsudo.client capsudod=capsudo.daemon capsudod-pwauth=capsudo.pwauth capsudo-proxy=capsudo.proxy
 BUILD = build/install
 
@@ -95,6 +100,10 @@ install: $(UV)
 		[ -f "$$page" ] || continue; \
 		install -D -m 0644 "$$page" $(DESTDIR)$(PREFIX)/share/man/man$${page##*.}/$${page##*/}; \
 	done; \
+	install -d -m 0755 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR); \
+	install -m 0644 share/completions/bash/* $(DESTDIR)$(BASHCOMPDIR)/; \
+	install -m 0644 share/completions/zsh/* $(DESTDIR)$(ZSHCOMPDIR)/; \
+	install -m 0644 share/completions/fish/* $(DESTDIR)$(FISHCOMPDIR)/; \
 	chmod -R a+rX,go-w $(DESTDIR)$(LIBDIR)
 
 clean:

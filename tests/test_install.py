@@ -98,6 +98,18 @@ def test_make_install_puts_working_commands_on_every_users_path(tmp_path, sock_d
     assert units == {"capsudod.service", "capsudod.socket", "capsudod-endpoint@.socket",
                      "capsudod@.socket", "capsudod@.service"}
     assert (destdir / "etc" / "pam.d" / "capsudo").read_bytes() == (ROOT / "examples" / "pam.d" / "capsudo").read_bytes()
+    # The man pages where man looks, the completions where each shell looks.
+    manuals = {path.relative_to(local / "share" / "man").as_posix() for path in (local / "share" / "man").rglob("*.[1-8]")}
+    assert manuals == {"man1/capsudo.1", "man8/capsudod.8", "man8/capsudod-pwauth.8", "man8/capsudo-proxy.8"}
+    completions = {"bash": local / "share" / "bash-completion" / "completions" / "{}",
+                   "zsh": local / "share" / "zsh" / "site-functions" / "_{}",
+                   "fish": local / "share" / "fish" / "vendor_completions.d" / "{}.fish"}
+    for shell, pattern in completions.items():
+        for command in COMMANDS:
+            installed = Path(str(pattern).format(command))
+            source = ROOT / "share" / "completions" / shell / installed.name
+            assert installed.read_bytes() == source.read_bytes(), installed
+            assert stat.S_IMODE(installed.stat().st_mode) == 0o644, installed
     assert (destdir / "etc" / "capsudo" / "endpoints").is_dir()
 
     # A second install leaves an operator's PAM file alone.

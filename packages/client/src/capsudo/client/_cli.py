@@ -24,8 +24,8 @@ Run a program through a capsudod endpoint, with this terminal's stdin,
 stdout and stderr; exits with the program's status."""
 
 OPTIONS = [
-    endpoint_option("where the daemon listens: a path or unix:///path, tcp://HOST:PORT, tls://HOST:PORT or "
-                    "vsock://CID:PORT", default_text=f"$CAPSUDO_SOCKET, else {DEFAULT_ENDPOINT}"),
+    endpoint_option("where the daemon listens: a path or unix:///path, tcp://HOST:PORT, tls://HOST:PORT, "
+                    "vsock://CID:PORT or ssh://[USER@]HOST[:PORT]/PATH", default_text=f"$CAPSUDO_SOCKET, else {DEFAULT_ENDPOINT}"),
     Option("interactive", FLAG, False, "interactive session: the program gets a terminal", short="i",
            excludes=("non-interactive",)),
     Option("non-interactive", FLAG, False, "non-interactive session", short="n", excludes=("interactive",),
