@@ -17,14 +17,15 @@ from pathlib import Path
 import pytest
 
 from capsudo.client._cli import OPTIONS as CLIENT_OPTIONS
-from capsudo.core import BYTES, INTEGER, SECONDS, daemon_options
+from capsudo.core import BYTES, INTEGER, SECONDS
+from capsudo.daemon._cli import command_line_options
 from capsudo.proxy._settings import proxy_options
 from capsudo.pwauth._cli import pwauth_options
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = {
     "capsudo.1": lambda: CLIENT_OPTIONS,
-    "capsudod.8": daemon_options,
+    "capsudod.8": command_line_options,
     "capsudod-pwauth.8": pwauth_options,
     "capsudo-proxy.8": proxy_options,
 }

@@ -37,13 +37,13 @@ class Command:
 
 def commands() -> list[Command]:
     from capsudo.client._cli import OPTIONS
-    from capsudo.core import daemon_options
+    from capsudo.daemon._cli import command_line_options
     from capsudo.proxy._settings import proxy_options
     from capsudo.pwauth._cli import pwauth_options
 
     return [
         Command("capsudo", OPTIONS, PROGRAM),
-        Command("capsudod", daemon_options(), PROGRAM),
+        Command("capsudod", command_line_options(), PROGRAM),
         Command("capsudod-pwauth", pwauth_options(), PROGRAM),
         Command("capsudo-proxy", proxy_options(), ENDPOINT),
     ]

@@ -11,11 +11,11 @@ function __capsudod_in_options
                 return 1
             case '--*=*'
             case '--*'
-                if contains -- (string sub -s 3 -- $words[1]) endpoint env owner mode tls-cert tls-key tls-ca tls-client-ca max-sessions max-sessions-per-peer max-handshakes max-handshakes-per-peer handshake-timeout max-items max-bytes hangup-grace max-frame stream-buffer
+                if contains -- (string sub -s 3 -- $words[1]) endpoint env owner mode tls-cert tls-key tls-ca tls-client-ca max-sessions max-sessions-per-peer max-handshakes max-handshakes-per-peer handshake-timeout max-items max-bytes hangup-grace max-frame stream-buffer user group groups directory umask timeout limit audit config
                     set -e words[1]
                 end
             case '-?*'
-                set -l letter (string match -r -- '^-[^Seom]*([Seom])$' $words[1])
+                set -l letter (string match -r -- '^-[^SeomugD]*([SeomugD])$' $words[1])
                 if set -q letter[2]
                     set -e words[1]
                 end
@@ -47,6 +47,16 @@ complete -c capsudod -n __capsudod_in_options -l max-bytes -x -d 'bytes a client
 complete -c capsudod -n __capsudod_in_options -l hangup-grace -x -d 'time between SIGHUP and SIGKILL when a client leaves or the daemon stops'
 complete -c capsudod -n __capsudod_in_options -l max-frame -x -d 'bytes a frame may announce'
 complete -c capsudod -n __capsudod_in_options -l stream-buffer -x -d 'bytes buffered per stream before the daemon stops reading the connection'
+complete -c capsudod -n __capsudod_in_options -s u -l user -x -d 'run the program as this user'
+complete -c capsudod -n __capsudod_in_options -s g -l group -x -d 'and this group'
+complete -c capsudod -n __capsudod_in_options -l groups -x -d 'supplementary groups'
+complete -c capsudod -n __capsudod_in_options -s D -l directory -x -d 'the program\'s working directory, entered as its user'
+complete -c capsudod -n __capsudod_in_options -l umask -x -d 'the program\'s umask'
+complete -c capsudod -n __capsudod_in_options -l timeout -x -d 'the program\'s wall-clock time'
+complete -c capsudod -n __capsudod_in_options -l limit -x -d 'NAME=VALUE'
+complete -c capsudod -n __capsudod_in_options -l audit -r -F -d 'append a JSON line per event of every session to this file'
+complete -c capsudod -n __capsudod_in_options -l config -r -F -d 'serve the endpoints this file declares'
+complete -c capsudod -n __capsudod_in_options -l check -d 'check the file, print what it would serve, and exit'
 complete -c capsudod -n __capsudod_in_options -s h -l help -d 'show this help'
 complete -c capsudod -n __capsudod_in_options -s V -l version -d 'show the version'
 complete -c capsudod -n '__capsudod_in_options; and not string match -q -- "-*" (commandline -ct)' -x -a '(__fish_complete_command)'
