@@ -230,3 +230,24 @@ def test_the_example_file_checks(tmp_path):
             subprocess.run(["groupdel", "capsudo"], check=False, capture_output=True)
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
     assert [line.split(":")[0] for line in result.stdout.splitlines()] == ["restart-nginx", "apt-update", "list-spool"]
+
+
+def test_an_endpoint_exposed_in_another_directory_and_on_tcp(sock_dir, file_daemons):
+    zone = Path(sock_dir, "zone")
+    zone.mkdir()
+    text = DEFAULTS + _endpoint("echo", sock_dir, ["echo", "echo:"],
+                                expose=f'["tcp://127.0.0.1:0", {{ listen = "{zone}/echo", mode = "0600" }}]')
+    daemon = _start(sock_dir, text, file_daemons, "echo")
+    wait_for_path(f"{zone}/echo")
+    assert oct(os.stat(f"{zone}/echo").st_mode & 0o777) == "0o600"
+    assert oct(os.stat(f"{sock_dir}/echo").st_mode & 0o777) == "0o666"
+    tcp = next(line.split("exposed on ")[1] for line in daemon.log().splitlines() if "exposed on tcp://" in line)
+    for address in (f"{sock_dir}/echo", f"{zone}/echo", tcp):
+        result = capsudo(address, "hello")
+        assert (result.returncode, result.stdout) == (0, b"echo: hello\n"), (address, result.stderr)
+    # Removing the endpoint takes every place it was offered.
+    daemon.path.write_text(DEFAULTS + _endpoint("other", sock_dir, ["true"]))
+    daemon.reload("endpoint other: listening on")
+    assert not os.path.exists(f"{zone}/echo") and not os.path.exists(f"{sock_dir}/echo")
+    assert capsudo(tcp, "hello").returncode == 1
+    assert daemon.stop() == 0

@@ -28,7 +28,10 @@ _WHEN_REMOVED = {"hang-up": False, "finish": True}
 # Fields of the operator's vocabulary that this version does not serve yet:
 # refused rather than ignored, since ignoring `approve = true` would run
 # without the approval the operator asked for.
-_NOT_YET = ("approve", "password", "expires", "uses", "expose")
+_NOT_YET = ("approve", "password", "expires", "uses")
+# What an `expose` entry may say: how it listens; all else is the endpoint's.
+_LISTENING = ("listen", "owner", "mode", "allow-unsafe-directory", "tls-cert", "tls-key", "tls-ca")
+_INHERITED = ("owner", "mode", "allow-unsafe-directory")
 
 
 @dataclass(frozen=True)
@@ -40,12 +43,14 @@ class DeclaredEndpoint:
     description: str = ""
     #: On a reload that removes it: let its sessions finish, rather than hang them up.
     finish_when_removed: bool = False
+    #: Further places it is offered (`expose`): its configuration, listening elsewhere.
+    exposures: tuple[EndpointConfig, ...] = ()
 
 
 def file_fields() -> tuple[str, ...]:
     """Every field an endpoint's table may hold."""
     flags = [name for name in config_fields() if name not in _SPELLED_BY_FLAGS]
-    return (*_SPELLED_BY_FLAGS.values(), "description", "when-removed", *flags)
+    return (*_SPELLED_BY_FLAGS.values(), "description", "when-removed", "expose", *flags)
 
 
 def declared_endpoints(path: str) -> dict[str, DeclaredEndpoint]:
@@ -59,7 +64,7 @@ def declared_endpoints(path: str) -> dict[str, DeclaredEndpoint]:
 def _declared(config: ConfigFile, table: EndpointTable) -> DeclaredEndpoint:
     values: dict[str, object] = {}
     lines: dict[str, int] = {}
-    description, finish = "", False
+    description, finish, expose = "", False, None
     for key, located in table.fields.items():
         where = f"{ENDPOINT_PREFIX}{table.name}.{key}"
 
@@ -72,6 +77,8 @@ def _declared(config: ConfigFile, table: EndpointTable) -> DeclaredEndpoint:
             raise wrong(f"in a file this is `{_SPELLED_BY_FLAGS[key]}`")
         if key == "description":
             description = _text(located, wrong)
+        elif key == "expose":
+            expose = located
         elif key == "when-removed":
             finish = _choice(located, _WHEN_REMOVED, wrong)
         elif key == "listen":
@@ -106,7 +113,44 @@ def _declared(config: ConfigFile, table: EndpointTable) -> DeclaredEndpoint:
         message = str(exc)
         line = next((lines[field] for field, label in labels.items() if message.startswith(label)), table.line)
         raise config.error(line, message) from None
-    return DeclaredEndpoint(table.name, endpoint_config, description, finish)
+    exposures = _exposures(config, table, values, expose) if expose is not None else ()
+    return DeclaredEndpoint(table.name, endpoint_config, description, finish, exposures)
+
+
+def _exposures(config: ConfigFile, table: EndpointTable, values: dict, expose: Located) -> tuple[EndpointConfig, ...]:
+    """Each `expose` entry as the endpoint's own configuration, listening where the entry says.
+
+    An entry is an address (a string), which keeps the endpoint's owner,
+    mode and allow-unsafe-directory, or a table of how it listens (`listen`,
+    `owner`, `mode`, `allow-unsafe-directory`, `tls-cert`, `tls-key`, `tls-ca`).
+    """
+    where = f"{ENDPOINT_PREFIX}{table.name}.expose"
+    entries = expose.value if isinstance(expose.value, list) else None
+    if not entries:
+        raise config.error(expose.line, f"{where}: takes a list of addresses or tables, e.g. "
+                                        '["/srv/agent/run/cap/NAME", { listen = "tls://0.0.0.0:7001", … }]')
+    common = {key: value for key, value in values.items()
+              if key not in ("endpoint", "tls-cert", "tls-key", "tls-ca") and key not in _INHERITED}
+    inherited = {key: values[key] for key in _INHERITED if key in values}
+    exposures = []
+    for index, entry in enumerate(entries):
+        label = f"{where}[{index}]"
+        if isinstance(entry, str):
+            entry = {"listen": entry}
+        if not isinstance(entry, dict) or "listen" not in entry:
+            raise config.error(expose.line, f"{label}: an address, or a table with `listen`")
+        unknown = [key for key in entry if key not in _LISTENING]
+        if unknown:
+            raise config.error(expose.line, f"{label}.{unknown[0]}: not for an exposure (it may say: "
+                                            f"{', '.join(_LISTENING)})")
+        listening = {("endpoint" if key == "listen" else key): value for key, value in entry.items()}
+        # A socket's owner and mode carry over to another socket, not to a network address.
+        own = {**common, **(inherited if _is_unix_address(entry["listen"]) else {}), **listening}
+        try:
+            exposures.append(build_config(own, {key: f"{label}.{key}" for key in own}))
+        except UsageError as exc:
+            raise config.error(expose.line, str(exc)) from None
+    return tuple(exposures)
 
 
 ENDPOINT_PREFIX = "endpoint."
@@ -140,3 +184,12 @@ def _limits(located: Located, wrong) -> list[str]:
                                               for value in table.values()):
         raise wrong('takes a table of numbers and sizes, e.g. { nofile = 1024, memory = "1G" }')
     return [f"{name}={value}" for name, value in table.items()]
+
+
+def _is_unix_address(address: object) -> bool:
+    from capsudo.transport import UnixEndpoint, parse_endpoint
+
+    try:
+        return isinstance(parse_endpoint(address), UnixEndpoint) if isinstance(address, str) else False
+    except ValueError:
+        return False  # build_config says what is wrong with it

@@ -8,7 +8,7 @@ session limits) replaces `config`, and the next session follows the new one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import trio
@@ -23,7 +23,8 @@ class EndpointStartError(Exception):
 
 class DaemonEndpoint:
     def __init__(self, name: str | None, config, listener, *, log: Callable[[str], None],
-                 events: EventSink | None = None, finish_when_removed: bool = False) -> None:
+                 events: EventSink | None = None, finish_when_removed: bool = False,
+                 exposed: Sequence[tuple[object, object]] = ()) -> None:
         self.name = name
         self.config = config
         self.listener = listener
@@ -33,8 +34,16 @@ class DaemonEndpoint:
         # What the program reads in CAPSUDO_ENDPOINT: the endpoint's name, else its socket's path.
         self._called = name if name is not None else getattr(listener, "path", None)
         self._shutdown = Hangup()
+        #: Where else the endpoint is offered (`expose`): each (config, listener).
+        self.exposures = tuple(exposure for exposure, _ in exposed)
+        # One session handler and one hang-up for all of the endpoint's listeners.
+        self._served = [self._served_on(listener, config), *(self._served_on(other, exposure)
+                                                             for exposure, other in exposed)]
+        self.served = self._served[0]
+
+    def _served_on(self, listener, config) -> ServedEndpoint:
         limits = config.session_limits
-        self.served = ServedEndpoint(
+        return ServedEndpoint(
             listener,
             self._serve_one,
             log=self._log,
@@ -47,33 +56,26 @@ class DaemonEndpoint:
 
     @classmethod
     async def open(cls, name: str | None, config, *, log: Callable[[str], None], adopted=None,
-                   events: EventSink | None = None, finish_when_removed: bool = False) -> "DaemonEndpoint":
-        """Listen as `config` says (or on `adopted`, a listener systemd passed), and log where."""
+                   events: EventSink | None = None, finish_when_removed: bool = False,
+                   exposures: Sequence[object] = ()) -> "DaemonEndpoint":
+        """Listen as `config` says (or on `adopted`, a listener systemd passed) and at each of
+        `exposures` (configurations differing only in how they listen); log where. All or none."""
         named = log if name is None else (lambda line: log(f"endpoint {name}: {line}"))
-        if adopted is not None:
-            listener = adopted
-        else:
-            try:
-                listener = await open_listener(
-                    config.address,
-                    tls=config.tls,
-                    owner=config.owner,
-                    mode=config.mode,
-                    allow_unsafe_directory=config.allow_unsafe_directory,
-                    handshake_timeout=config.session_limits.handshake_timeout,
-                    # A refused TLS client is one line in the log; the others go on.
-                    on_handshake_error=lambda error: named(str(error)),
-                    channel_limits=config.channel_limits,
-                )
-            except EndpointError as exc:
-                raise EndpointStartError(str(exc)) from None
-        warning = getattr(listener, "warning", None)
-        if warning:
-            named(f"warning: {warning}")
         if (unpinned := config.policy.unpinned_environment_warning()) is not None:
             named(f"warning: {unpinned}")
-        named(f"listening on {bound_address(config.address, listener)}")
-        return cls(name, config, listener, log=log, events=events, finish_when_removed=finish_when_removed)
+        listener = adopted if adopted is not None else await _listen(config, named)
+        exposed = []
+        try:
+            for exposure in exposures:
+                exposed.append((exposure, await _listen(exposure, named, exposed=True)))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                for _, other in exposed:
+                    await other.aclose()
+                await listener.aclose()
+            raise
+        return cls(name, config, listener, log=log, events=events, finish_when_removed=finish_when_removed,
+                   exposed=exposed)
 
     def listens_as(self, other) -> bool:
         """Whether `other` can be served on this endpoint's listener (only what sessions do differs)."""
@@ -89,15 +91,44 @@ class DaemonEndpoint:
         )
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        await self.served.run(task_status=task_status)
+        if len(self._served) == 1:
+            await self.served.run(task_status=task_status)
+            return
+        async with trio.open_nursery() as nursery:
+            for served in self._served:
+                await nursery.start(served.run)
+            task_status.started()
 
     def stop(self, *, let_finish: bool = False) -> None:
-        self.served.stop(let_finish=let_finish)
+        for served in self._served:
+            served.stop(let_finish=let_finish)
 
     async def _serve_one(self, channel):
         config = self.config  # the one that holds as this session begins
         return await serve_session(channel, config.policy, config.session_limits, self._shutdown,
                                    events=self._events, endpoint=self._called)
+
+
+async def _listen(config, log: Callable[[str], None], *, exposed: bool = False):
+    try:
+        listener = await open_listener(
+            config.address,
+            tls=config.tls,
+            owner=config.owner,
+            mode=config.mode,
+            allow_unsafe_directory=config.allow_unsafe_directory,
+            handshake_timeout=config.session_limits.handshake_timeout,
+            # A refused TLS client is one line in the log; the others go on.
+            on_handshake_error=lambda error: log(str(error)),
+            channel_limits=config.channel_limits,
+        )
+    except EndpointError as exc:
+        raise EndpointStartError(str(exc)) from None
+    warning = getattr(listener, "warning", None)
+    if warning:
+        log(f"warning: {warning}")
+    log(f"{'exposed' if exposed else 'listening'} on {bound_address(config.address, listener)}")
+    return listener
 
 
 def bound_address(endpoint, listener) -> str:

@@ -46,6 +46,8 @@ def describe(endpoint: DeclaredEndpoint) -> str:
                                                 ("environment pinned", policy.fixed_environment)) if pinned)
     user = f", as {policy.run_as.user}" if policy.run_as.user is not None else ""
     text = f"{endpoint.name}: {config.address} runs {program} ({pins or 'a prefix, with the client environment'}{user})"
+    if endpoint.exposures:
+        text += f", also at {', '.join(str(exposure.address) for exposure in endpoint.exposures)}"
     return f"{text}: {endpoint.description}" if endpoint.description else text
 
 

@@ -71,7 +71,8 @@ class Supervisor:
                     await self._start_logged(wanted)
                 elif self._declared[name] == wanted:
                     continue
-                elif current.listens_as(wanted.config) and current.config.audit == wanted.config.audit:
+                elif (current.listens_as(wanted.config) and current.config.audit == wanted.config.audit
+                      and current.exposures == wanted.exposures):
                     current.config = wanted.config
                     current.finish_when_removed = wanted.finish_when_removed
                     self._declared[name] = wanted
@@ -101,7 +102,8 @@ class Supervisor:
         except EndpointError as exc:
             raise EndpointStartError(str(exc)) from None
         endpoint = await DaemonEndpoint.open(declared.name, config, log=self._log, adopted=adopted, events=events,
-                                             finish_when_removed=declared.finish_when_removed)
+                                             finish_when_removed=declared.finish_when_removed,
+                                             exposures=declared.exposures)
         self.running[declared.name] = endpoint
         self._declared[declared.name] = declared
         await self._nursery.start(endpoint.run)
