@@ -15,6 +15,7 @@ TYPE_CHECKING = False
 __all__ = [
     # the audit trail
     "AuditFile",
+    "parse_or_status",
     "AuditFiles",
     "audit_record",
     "run_as_options",
@@ -111,7 +112,7 @@ _HOME = {
     "UsageError": "._options",
     "parse_options": "._options",
     "number_option": "._options",
-    **dict.fromkeys(['FLAG', 'TEXT', 'LIST', 'INTEGER', 'SECONDS', 'BYTES'] + ['Option', 'read_command_line', 'command_line_status', 'usage_error', 'usage_text', 'convert', 'Labels'], "._option_table"),
+    **dict.fromkeys(['FLAG', 'TEXT', 'LIST', 'INTEGER', 'SECONDS', 'BYTES'] + ['Option', 'read_command_line', 'command_line_status', 'usage_error', 'usage_text', 'convert', 'Labels', 'parse_or_status'], "._option_table"),
     **dict.fromkeys(['endpoint_option', 'tls_options', 'socket_options', 'pin_options', 'connection_limit_options', 'handshake_limit_options', 'handshake_timeout_option', 'hangup_grace_option', 'channel_limit_options', 'daemon_options', 'config_fields', 'TLS_SECTION', 'LIMITS_SECTION', 'CHANNEL_SECTION'], "._option_groups"),
     **dict.fromkeys(['EndpointConfig', 'build_config'], "._endpoint_config"),
     **dict.fromkeys(["AuditFile", "AuditFiles", "audit_record"], "._audit"),
@@ -174,7 +175,7 @@ if TYPE_CHECKING:
     from ._library import run
     from ._limits import ConnectionLimits, SessionLimits
     from ._options import UsageError, number_option, parse_options
-    from ._option_table import BYTES, FLAG, INTEGER, LIST, SECONDS, TEXT, Labels, Option, command_line_status, convert, read_command_line, usage_error, usage_text
+    from ._option_table import BYTES, FLAG, INTEGER, LIST, SECONDS, TEXT, Labels, Option, command_line_status, convert, parse_or_status, read_command_line, usage_error, usage_text
     from ._option_groups import (CHANNEL_SECTION, LIMITS_SECTION, TLS_SECTION, channel_limit_options, config_fields, connection_limit_options, daemon_options,
                                  endpoint_option, handshake_limit_options, handshake_timeout_option,
                                  hangup_grace_option, pin_options, socket_options, tls_options)

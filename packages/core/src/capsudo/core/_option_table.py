@@ -19,7 +19,7 @@ from ._options import UsageError, parse_options
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 # Kinds of value.
 FLAG = "flag"  # present or not (a TOML boolean)
@@ -150,6 +150,20 @@ def command_line_status(prog: str, usage: str, parsed) -> int | None:
         sys.stdout.write(f"{prog} {__version__}\n")
         return 0
     return None
+
+
+def parse_or_status(prog: str, usage: Callable[[], str], table: Sequence[Option], argv: Sequence[str],
+                    parse: Callable[[Sequence[str]], object]):
+    """(what `parse(argv)` makes of argv, None), or (None, the exit status) when -h, -V or a
+    mistake on the command line ends the command; the mistake's one line is printed."""
+    try:
+        parsed = read_command_line(table, argv)
+        status = command_line_status(prog, usage(), parsed)
+        if status is not None:
+            return None, status
+        return parse(argv), None
+    except UsageError as exc:
+        return None, usage_error(prog, exc)
 
 
 def usage_error(prog: str, error: Exception) -> int:

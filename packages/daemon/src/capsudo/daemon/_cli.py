@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+from typing import NamedTuple
 
 from capsudo.core import (FLAG, LIMITS_SECTION, TEXT, TLS_SECTION, EndpointConfig, Option, UsageError, build_config,
-                          command_line_status, daemon_options, read_command_line, usage_error, usage_text)
+                          daemon_options, parse_or_status, read_command_line, usage_text)
 
 SYNOPSIS = """\
 usage: capsudod [-S endpoint] [-f] [-E] [-e KEY=VALUE]... [-o user[:group]] [-m mode]
@@ -54,7 +55,14 @@ def usage() -> str:
     return usage_text(SYNOPSIS, DESCRIPTION, command_line_options(), INTROS, EPILOG)
 
 
-def parse_command_line(argv: list[str]) -> EndpointConfig | str | None:
+class FileToServe(NamedTuple):
+    """`--config FILE [--check]`: the endpoints are the file's."""
+
+    path: str
+    check: bool
+
+
+def parse_command_line(argv: list[str]) -> EndpointConfig | FileToServe | None:
     """The configuration argv describes, or the path of a file to serve; None for -h. Raises UsageError."""
     values, labels, program = read_command_line(command_line_options(), argv)
     if values is None or values == "version":
@@ -66,7 +74,7 @@ def parse_command_line(argv: list[str]) -> EndpointConfig | str | None:
         if others or program:
             raise UsageError(f"{others[0] if others else repr(program[0])} does not go with --config or --check: "
                              "the file says everything")
-        return values.get("config", DEFAULT_CONFIG)
+        return FileToServe(values.get("config", DEFAULT_CONFIG), "check" in values)
     if program:
         values["program"] = program
     return build_config(values, labels)
@@ -74,18 +82,13 @@ def parse_command_line(argv: list[str]) -> EndpointConfig | str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        parsed = read_command_line(command_line_options(), argv)
-        status = command_line_status("capsudod", usage(), parsed)
-        if status is not None:
-            return status
-        config = parse_command_line(argv)
-    except UsageError as exc:
-        return usage_error("capsudod", exc)
-    if isinstance(config, str):
+    config, status = parse_or_status("capsudod", usage, command_line_options(), argv, parse_command_line)
+    if status is not None:
+        return status
+    if isinstance(config, FileToServe):
         from ._file_daemon import serve_file
 
-        return serve_file(config, check="check" in parsed[0])
+        return serve_file(config.path, check=config.check)
     return _serve_one(config)
 
 

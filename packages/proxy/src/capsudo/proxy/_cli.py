@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from capsudo.core import LIMITS_SECTION, TLS_SECTION, UsageError, command_line_status, read_command_line, usage_error, usage_text
+from capsudo.core import LIMITS_SECTION, TLS_SECTION, parse_or_status, usage_text
 
 from ._settings import proxy_options
 
@@ -36,13 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     from ._settings import parse_command_line
 
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        status = command_line_status("capsudo-proxy", usage(), read_command_line(proxy_options(), argv))
-        if status is not None:
-            return status
-        settings = parse_command_line(argv)
-    except UsageError as exc:
-        return usage_error("capsudo-proxy", exc)
+    settings, status = parse_or_status("capsudo-proxy", usage, proxy_options(), argv, parse_command_line)
+    if status is not None:
+        return status
 
     import trio
 

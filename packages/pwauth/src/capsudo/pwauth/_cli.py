@@ -7,8 +7,8 @@ import shutil
 import sys
 
 from capsudo.core import (INTEGER, LIMITS_SECTION, SAFE_PATH, SECONDS, TEXT, Option, UsageError, build_config,
-                          command_line_status, convert, endpoint_option, handshake_timeout_option, read_command_line,
-                          socket_options, usage_error, usage_text)
+                          convert, endpoint_option, handshake_timeout_option, parse_or_status, read_command_line,
+                          socket_options, usage_text)
 
 from ._settings import DEFAULT_SERVICE, FrontEndSettings
 
@@ -134,13 +134,9 @@ def _load_pam() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        status = command_line_status("capsudod-pwauth", usage(), read_command_line(pwauth_options(), argv))
-        if status is not None:
-            return status
-        settings = parse_command_line(argv)
-    except UsageError as exc:
-        return usage_error("capsudod-pwauth", exc)
+    settings, status = parse_or_status("capsudod-pwauth", usage, pwauth_options(), argv, parse_command_line)
+    if status is not None:
+        return status
     try:
         check_service(settings.service)
         settings.command = (resolve_command(settings.command[0]), *settings.command[1:])
