@@ -100,7 +100,11 @@ def test_make_install_puts_working_commands_on_every_users_path(tmp_path, sock_d
     assert (destdir / "etc" / "pam.d" / "capsudo").read_bytes() == (ROOT / "examples" / "pam.d" / "capsudo").read_bytes()
     # The man pages where man looks, the completions where each shell looks.
     manuals = {path.relative_to(local / "share" / "man").as_posix() for path in (local / "share" / "man").rglob("*.[1-8]")}
-    assert manuals == {"man1/capsudo.1", "man8/capsudod.8", "man8/capsudod-pwauth.8", "man8/capsudo-proxy.8"}
+    assert manuals == {"man1/capsudo.1", "man5/capsudo.toml.5", "man8/capsudod.8", "man8/capsudod-pwauth.8",
+                       "man8/capsudo-proxy.8"}
+    file_page = local / "share" / "man" / "man5" / "capsudo.toml.5"
+    assert file_page.read_bytes() == (ROOT / "man" / "capsudo.toml.5").read_bytes()
+    assert stat.S_IMODE(file_page.stat().st_mode) == 0o644
     completions = {"bash": local / "share" / "bash-completion" / "completions" / "{}",
                    "zsh": local / "share" / "zsh" / "site-functions" / "_{}",
                    "fish": local / "share" / "fish" / "vendor_completions.d" / "{}.fish"}

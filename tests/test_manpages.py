@@ -4,7 +4,9 @@ Each page's OPTIONS section lists every option of the command's table, by
 its short and long name (and older aliases), plus -h and -V, and nothing
 else; its SYNOPSIS names no other flag; a numeric default stated by -h is
 stated in the page too. So a new option, a renamed one or a changed limit
-fails here until its page says so.
+fails here until its page says so. capsudo.toml(5) lists, as items of its
+FIELDS OF AN ENDPOINT section, exactly the fields an endpoint's table
+accepts, with the same defaults, and its EXAMPLES hold examples/capsudo.toml.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ import pytest
 from capsudo.client._cli import OPTIONS as CLIENT_OPTIONS
 from capsudo.core import BYTES, INTEGER, SECONDS
 from capsudo.daemon._cli import command_line_options
+from capsudo.daemon._declared import file_fields
 from capsudo.proxy._settings import proxy_options
 from capsudo.pwauth._cli import pwauth_options
 
@@ -32,6 +36,10 @@ PAGES = {
 SECTIONS = ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "ENVIRONMENT", "EXIT STATUS", "EXAMPLES",
             "SEE ALSO", "SECURITY CONSIDERATIONS")
 MACRO = re.compile(r"^[A-Z][a-z][a-z]?$")
+FILE_PAGE = "capsudo.toml.5"
+FIELDS_SECTION = "FIELDS OF AN ENDPOINT"
+FILE_SECTIONS = ("NAME", "SYNOPSIS", "DESCRIPTION", FIELDS_SECTION, "RELOADING", "AUDIT", "FILES", "EXAMPLES",
+                 "SEE ALSO", "SECURITY CONSIDERATIONS")
 
 
 def _sections(text: str) -> dict[str, list[str]]:
@@ -120,8 +128,43 @@ def test_every_page_is_clean_under_mandoc_lint():
     if shutil.which("mandoc") is None:
         pytest.skip("mandoc is not installed (apt-get install mandoc)")
     pages = sorted((ROOT / "man").glob("*.[1-8]"))
-    assert {page.name for page in pages} >= set(PAGES)
+    assert {page.name for page in pages} >= {*PAGES, FILE_PAGE}
     # Warnings and errors; style notes such as a cross-reference to a page not installed here are not failures.
     result = subprocess.run(["mandoc", "-Tlint", "-W", "warning", *pages], capture_output=True, text=True,
                             timeout=30)
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def _field_items() -> dict[str, str]:
+    """The field each item of the file page's fields section names (`.It Ic max-sessions Ar integer`), and its body."""
+    sections = _sections((ROOT / "man" / FILE_PAGE).read_text())
+    assert [name for name in FILE_SECTIONS if name not in sections] == []
+    fields = {}
+    for head, body in _items(sections[FIELDS_SECTION]):
+        words = head.split()
+        assert words[:2] == [".It", "Ic"], head
+        assert words[2] not in fields, f"{words[2]} is listed twice"
+        fields[words[2]] = body
+    return fields
+
+
+def test_the_file_page_lists_exactly_the_fields_the_file_accepts():
+    listed = set(_field_items())
+    accepted = set(file_fields())
+    assert sorted(accepted - listed) == [], "fields the file accepts missing from the page"
+    assert sorted(listed - accepted) == [], "fields in the page that the file does not accept"
+
+
+def test_the_file_page_states_each_limits_default_as_help_does():
+    fields = _field_items()
+    for option in command_line_options():
+        if option.name in fields and (option.kind in (INTEGER, SECONDS, BYTES) or option.name == "mode"):
+            assert f"Default: {option.shown_default()}" in fields[option.name], option.name
+
+
+def test_the_file_pages_example_is_examples_capsudo_toml():
+    lines = _sections((ROOT / "man" / FILE_PAGE).read_text())["EXAMPLES"]
+    start = lines.index(".Bd -literal -offset indent") + 1
+    example = "\n".join(lines[start:lines.index(".Ed", start)]) + "\n"
+    assert example == (ROOT / "examples" / "capsudo.toml").read_text()
+    assert tomllib.loads(example)["endpoint"]
