@@ -28,7 +28,7 @@ _WHEN_REMOVED = {"hang-up": False, "finish": True}
 # Fields of the operator's vocabulary that this version does not serve yet:
 # refused rather than ignored, since ignoring `approve = true` would run
 # without the approval the operator asked for.
-_NOT_YET = ("approve", "password", "expires", "uses", "expose")
+_NOT_YET = ("approve", "password", "expose")
 
 
 @dataclass(frozen=True)
