@@ -50,7 +50,7 @@ def file_fields() -> tuple[str, ...]:
 
 def declared_endpoints(path: str) -> dict[str, DeclaredEndpoint]:
     """The endpoints of the file at `path`, in its order; ConfigFileError for any mistake."""
-    config, _ = read_config_file(path)
+    config, _ = read_config_file(path, extra_tables=("control",))
     if not config.endpoints:
         raise ConfigFileError(f"{path}: declares no endpoint (an [endpoint.NAME] table with `listen`)")
     return {name: _declared(config, table) for name, table in config.endpoints.items()}
