@@ -155,7 +155,10 @@ def exchange(path: str, request: dict) -> dict:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(30)
         sock.connect(path)
-        sock.sendall(json.dumps(request).encode() + b"\n")
+        try:
+            sock.sendall(json.dumps(request).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a refusal is sent before the request is read: it is still there to read
         buffer = bytearray()
         while b"\n" not in buffer:
             chunk = sock.recv(65536)
