@@ -125,7 +125,9 @@ def _write_atomically(path: str, content: bytes, mode: int) -> None:
     temporary = f"{path}.{os.getpid()}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, content)
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view):]
         os.fchmod(fd, mode)
         os.fsync(fd)
     finally:
