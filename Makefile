@@ -41,7 +41,7 @@ venv: .venv/.synced
 	$(PYTHON) -m venv .uv
 	.uv/bin/pip install --quiet uv
 
-# `make install [PREFIX=/usr/local] [DESTDIR=]`: the four commands on every
+# `make install [PREFIX=/usr/local] [DESTDIR=]`: the commands on every
 # user's PATH, from a virtual environment in $(PREFIX)/lib/capsudo that all
 # may read and only root may write, made with the system's python3 (not one
 # under a home directory). The capsudo-* packages come from wheels built
@@ -61,7 +61,7 @@ DOCDIR = $(PREFIX)/share/doc/capsudo
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
 FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
-COMMANDS = capsudo=capsudo.client capsudod=capsudo.daemon capsudod-pwauth=capsudo.pwauth capsudo-proxy=capsudo.proxy
+COMMANDS = capsudo=capsudo.client capsudod=capsudo.daemon capsudod-pwauth=capsudo.pwauth capsudo-proxy=capsudo.proxy capsudoctl=capsudo.ctl
 BUILD = build/install
 
 install: $(UV)

@@ -52,6 +52,12 @@ __all__ = [
     "LIMITS_SECTION",
     "CHANNEL_SECTION",
     "EndpointConfig",
+    "Lifetime",
+    "expired_reason",
+    "spent_reason",
+    "revoked_reason",
+    "rfc3339",
+    "lifetime_options",
     "build_config",
     "Policy",
     "RunAs",
@@ -115,8 +121,9 @@ _HOME = {
     **dict.fromkeys(['FLAG', 'TEXT', 'LIST', 'INTEGER', 'SECONDS', 'BYTES'] + ['Option', 'read_command_line', 'command_line_status', 'usage_error', 'usage_text', 'convert', 'Labels', 'parse_or_status'], "._option_table"),
     **dict.fromkeys(['endpoint_option', 'tls_options', 'socket_options', 'pin_options', 'connection_limit_options', 'handshake_limit_options', 'handshake_timeout_option', 'hangup_grace_option', 'channel_limit_options', 'daemon_options', 'config_fields', 'TLS_SECTION', 'LIMITS_SECTION', 'CHANNEL_SECTION'], "._option_groups"),
     **dict.fromkeys(['EndpointConfig', 'build_config'], "._endpoint_config"),
+    **dict.fromkeys(['Lifetime', 'expired_reason', 'spent_reason', 'revoked_reason', 'rfc3339'], "._lifetime"),
     **dict.fromkeys(["AuditFile", "AuditFiles", "audit_record"], "._audit"),
-    **dict.fromkeys(["run_as_options", "RUN_AS_SECTION"], "._option_groups"),
+    **dict.fromkeys(["run_as_options", "RUN_AS_SECTION", "lifetime_options"], "._option_groups"),
     "Policy": "._policy",
     "RunAs": "._run_as",
     "CALLER_ENTRIES": "._run_as",
@@ -180,8 +187,9 @@ if TYPE_CHECKING:
                                  endpoint_option, handshake_limit_options, handshake_timeout_option,
                                  hangup_grace_option, pin_options, socket_options, tls_options)
     from ._endpoint_config import EndpointConfig, build_config
+    from ._lifetime import Lifetime, expired_reason, revoked_reason, rfc3339, spent_reason
     from ._audit import AuditFile, AuditFiles, audit_record
-    from ._option_groups import RUN_AS_SECTION, run_as_options
+    from ._option_groups import RUN_AS_SECTION, lifetime_options, run_as_options
     from ._policy import SAFE_PATH, Policy, attenuate, resolve_program
     from ._policy_error import PolicyError
     from ._program_limits import ProgramLimits

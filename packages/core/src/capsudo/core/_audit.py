@@ -23,6 +23,9 @@ from datetime import datetime, timezone
 from ._events import Accepted, Decided, Ended, Requested, SessionEvent, Started
 
 
+_LIFETIME_ENDS = ("expired", "spent", "revoked")
+
+
 def _rfc3339(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -55,7 +58,10 @@ def audit_record(event: SessionEvent, endpoint: str | None) -> dict:
         record.update(event="requested", argv=list(event.argv), env_names=list(event.env_names),
                       interactive=event.interactive)
     elif isinstance(event, Decided):
-        record.update(event="decided", allowed=event.allowed)
+        # allowed, refused, or why the endpoint no longer holds: expired, spent, revoked.
+        code = event.reason.code if event.reason is not None else None
+        decision = "allowed" if event.allowed else code if code in _LIFETIME_ENDS else "refused"
+        record.update(event="decided", allowed=event.allowed, decision=decision)
         if event.allowed:
             record.update(argv=list(event.argv), env_names=list(event.env_names))
         elif event.reason is not None:

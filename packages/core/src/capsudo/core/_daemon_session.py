@@ -51,6 +51,8 @@ class Hangup:
         self._programs: set[RunningProgram] = set()
         self._none_left = trio.Event()
         self.stopping = False
+        #: What a client whose program this stop hangs up is told, if anything (an expiry, a revocation).
+        self.why: str | None = None
 
     @contextmanager
     def tracking(self, program: RunningProgram) -> Iterator[None]:
@@ -299,7 +301,10 @@ async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: De
     session.status = status
     if session.outcome != "ok":
         return
-    if stopped is None:
+    if stopped is None and shutdown.why is not None:
+        session.outcome = shutdown.why
+        await _send_quietly(channel, Error(shutdown.why), Exit(status))
+    elif stopped is None:
         await _send_quietly(channel, Exit(status))
     else:
         session.outcome = stopped

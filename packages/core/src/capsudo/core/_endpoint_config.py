@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from capsudo.transport import DEFAULT_MODE, ChannelLimits, Endpoint, Owner, TlsOptions
 
+from ._lifetime import AT_EXPIRY, Lifetime, parse_expiry
 from ._limits import ConnectionLimits, SessionLimits
 from ._option_groups import PROGRAM_FIELD, daemon_options
 from ._option_table import BYTES, INTEGER, LIST, SECONDS, Option, UsageError, convert
@@ -43,6 +44,7 @@ class EndpointConfig:
     channel_limits: ChannelLimits = ChannelLimits()
     #: Files that get a JSON line per event of every session.
     audit: tuple[str, ...] = ()
+    lifetime: Lifetime = Lifetime()
 
 
 def _python_name(field_name: str) -> str:
@@ -63,7 +65,9 @@ def build_config(values: Mapping[str, object], labels: Mapping[str, str] | None 
         if key in ("mode", "owner") and isinstance(raw, int) and not isinstance(raw, bool):
             # TOML writes a mode as 0o770 and a uid as a number.
             raw = f"0{raw:o}" if key == "mode" else str(raw)
-        if key == PROGRAM_FIELD:
+        if key == "expires":
+            typed[key] = parse_expiry(raw, name(key))
+        elif key == PROGRAM_FIELD:
             typed[key] = convert(Option(PROGRAM_FIELD, LIST), raw, name(key))
         elif key in options:
             typed[key] = convert(options[key], raw, name(key))
@@ -93,7 +97,16 @@ def build_config(values: Mapping[str, object], labels: Mapping[str, str] | None 
 
     address, tls, owner, mode = _listening(typed, name)
     return EndpointConfig(address, tls, owner, mode, bool(typed.get("allow-unsafe-directory")), policy,
-                          session_limits, connection_limits, channel_limits, tuple(typed.get("audit", ())))
+                          session_limits, connection_limits, channel_limits, tuple(typed.get("audit", ())),
+                          _lifetime(typed, name))
+
+
+def _lifetime(typed: Mapping[str, object], name) -> Lifetime:
+    expires_at, expires_after = typed.get("expires", (None, None))
+    at_expiry = typed.get("at-expiry", "hang-up")
+    if at_expiry not in AT_EXPIRY:
+        raise UsageError(f"{name('at-expiry')} takes hang-up or finish, got {at_expiry!r}")
+    return Lifetime(expires_at, expires_after, typed.get("uses"), AT_EXPIRY[at_expiry])
 
 
 def _run_as(typed: Mapping[str, object], name) -> RunAs:

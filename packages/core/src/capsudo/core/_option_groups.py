@@ -118,6 +118,22 @@ def channel_limit_options() -> list[Option]:
     ]
 
 
+LIFETIME_SECTION = "lifetime"
+
+
+def lifetime_options() -> list[Option]:
+    section = LIFETIME_SECTION
+    return [
+        Option("expires", TEXT, None, "stop accepting at this time (RFC 3339, 2026-12-31T00:00:00Z) or after this "
+               "long from the start (30m); the socket goes and a client still connected is told so",
+               metavar="TIME|DURATION", section=section, default_text="never"),
+        Option("uses", INTEGER, None, "sessions it may run; then it stops accepting as at expiry, and the last "
+               "ones finish", minimum=1, metavar="N", section=section, default_text="no limit"),
+        Option("at-expiry", TEXT, "hang-up", "what programs still running at the expiry get: hang-up (SIGHUP, "
+               "SIGKILL after the grace) or finish", metavar="hang-up|finish", section=section),
+    ]
+
+
 RUN_AS_SECTION = "the program's user, limits and audit"
 
 
@@ -159,6 +175,7 @@ def daemon_options() -> list[Option]:
         hangup_grace_option(),
         *channel_limit_options(),
         *run_as_options(),
+        *lifetime_options(),
     ]
 
 

@@ -28,7 +28,7 @@ _WHEN_REMOVED = {"hang-up": False, "finish": True}
 # Fields of the operator's vocabulary that this version does not serve yet:
 # refused rather than ignored, since ignoring `approve = true` would run
 # without the approval the operator asked for.
-_NOT_YET = ("approve", "password", "expires", "uses")
+_NOT_YET = ("approve", "password")
 # What an `expose` entry may say: how it listens; all else is the endpoint's.
 _LISTENING = ("listen", "owner", "mode", "allow-unsafe-directory", "tls-cert", "tls-key", "tls-ca")
 _INHERITED = ("owner", "mode", "allow-unsafe-directory")
@@ -55,7 +55,7 @@ def file_fields() -> tuple[str, ...]:
 
 def declared_endpoints(path: str) -> dict[str, DeclaredEndpoint]:
     """The endpoints of the file at `path`, in its order; ConfigFileError for any mistake."""
-    config, _ = read_config_file(path)
+    config, _ = read_config_file(path, extra_tables=("control",))
     if not config.endpoints:
         raise ConfigFileError(f"{path}: declares no endpoint (an [endpoint.NAME] table with `listen`)")
     return {name: _declared(config, table) for name, table in config.endpoints.items()}

@@ -4,17 +4,40 @@ The same object serves the endpoint of a command line and each endpoint of
 a configuration file. A session follows the configuration that held when it
 began; a reload that changes only what sessions do (pins, environment,
 session limits) replaces `config`, and the next session follows the new one.
+
+Its lifetime (`expires`, `uses`) is kept here: each session's decision first
+asks whether the endpoint still holds, and an endpoint that expires, is spent
+or is revoked stops accepting at once (its socket goes). The sessions under
+way are known by their ids, for `capsudoctl sessions` and `kill`.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 
 import trio
 
-from capsudo.core import EventSink, Hangup, ServedEndpoint, serve_session
+from capsudo.core import (Accepted, Allow, Asked, Decided, Ended, EventSink, Hangup, Refuse, ServedEndpoint,
+                          SessionEvent, Started, attenuating, expired_reason, revoked_reason, rfc3339, serve_session,
+                          spent_reason)
 from capsudo.transport import EndpointError, open_listener
+
+
+@dataclass
+class RunningSession:
+    """A session under way, as `capsudoctl sessions` shows it."""
+
+    id: str
+    endpoint: str | None
+    peer: object
+    since: float = field(default_factory=time.time)
+    argv: tuple[str, ...] = ()
+    pid: int | None = None
 
 
 class EndpointStartError(Exception):
@@ -24,13 +47,23 @@ class EndpointStartError(Exception):
 class DaemonEndpoint:
     def __init__(self, name: str | None, config, listener, *, log: Callable[[str], None],
                  events: EventSink | None = None, finish_when_removed: bool = False,
-                 exposed: Sequence[tuple[object, object]] = ()) -> None:
+                 exposed: Sequence[tuple[object, object]] = (),
+                 on_use: Callable[["DaemonEndpoint"], None] | None = None) -> None:
         self.name = name
         self.config = config
         self.listener = listener
         self.finish_when_removed = finish_when_removed
         self._log = log if name is None else (lambda line: log(f"endpoint {name}: {line}"))
-        self._events = events
+        self._audit = events
+        lifetime = config.lifetime
+        self.expires_at = lifetime.deadline(time.time())
+        self.uses_left = lifetime.uses
+        # After each session it allowed (a grant's state is written again).
+        self._on_use = on_use
+        #: Why it no longer accepts: "expired", "spent" or "revoked"; None while it does.
+        self.ended: str | None = None
+        self.sessions: dict[str, RunningSession] = {}
+        self._expiry_moved = trio.CancelScope()
         # What the program reads in CAPSUDO_ENDPOINT: the endpoint's name, else its socket's path.
         self._called = name if name is not None else getattr(listener, "path", None)
         self._shutdown = Hangup()
@@ -57,7 +90,8 @@ class DaemonEndpoint:
     @classmethod
     async def open(cls, name: str | None, config, *, log: Callable[[str], None], adopted=None,
                    events: EventSink | None = None, finish_when_removed: bool = False,
-                   exposures: Sequence[object] = ()) -> "DaemonEndpoint":
+                   exposures: Sequence[object] = (),
+                   on_use: Callable[["DaemonEndpoint"], None] | None = None) -> "DaemonEndpoint":
         """Listen as `config` says (or on `adopted`, a listener systemd passed) and at each of
         `exposures` (configurations differing only in how they listen); log where. All or none."""
         named = log if name is None else (lambda line: log(f"endpoint {name}: {line}"))
@@ -75,7 +109,7 @@ class DaemonEndpoint:
                 await listener.aclose()
             raise
         return cls(name, config, listener, log=log, events=events, finish_when_removed=finish_when_removed,
-                   exposed=exposed)
+                   exposed=exposed, on_use=on_use)
 
     def listens_as(self, other) -> bool:
         """Whether `other` can be served on this endpoint's listener (only what sessions do differs)."""
@@ -88,25 +122,123 @@ class DaemonEndpoint:
             and mine.session_limits.handshake_timeout == theirs.session_limits.handshake_timeout
             and mine.session_limits.max_bytes == theirs.session_limits.max_bytes
             and mine.session_limits.hangup_grace == theirs.session_limits.hangup_grace
+            # A new lifetime starts its clock and its count anew, on a new listener.
+            and mine.lifetime == theirs.lifetime
         )
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        if len(self._served) == 1:
-            await self.served.run(task_status=task_status)
-            return
         async with trio.open_nursery() as nursery:
             for served in self._served:
                 await nursery.start(served.run)
+            nursery.start_soon(self._expire_on_time)
             task_status.started()
+            for served in self._served:
+                await served.stopped.wait()
+            nursery.cancel_scope.cancel()
 
     def stop(self, *, let_finish: bool = False) -> None:
         for served in self._served:
             served.stop(let_finish=let_finish)
 
+    def revoke(self) -> None:
+        """The socket goes at once and the running programs are hung up."""
+        self._end("revoked", "revoked; running programs hung up", let_finish=False)
+
+    def renew(self, expires_at: float | None, uses: int | None = None) -> None:
+        """A new expiry (and, if given, a new count of uses) for an endpoint that still accepts."""
+        self.expires_at = expires_at
+        if uses is not None:
+            self.uses_left = uses
+        self._expiry_moved.cancel()
+        self._log(f"renewed: expires {rfc3339(expires_at) if expires_at is not None else 'never'}"
+                  f", {self.uses_left if self.uses_left is not None else 'unlimited'} use(s) left")
+
+    def kill(self, session: str) -> bool:
+        """Hang one session's program up (SIGKILL after the grace); False when it runs no program."""
+        running = self.sessions.get(session)
+        if running is None or running.pid is None:
+            return False
+        pid, grace = running.pid, self.config.session_limits.hangup_grace
+        for signum in (signal.SIGHUP, signal.SIGCONT):
+            try:
+                os.killpg(pid, signum)
+            except ProcessLookupError:
+                return False
+
+        async def kill_after_grace() -> None:
+            await trio.sleep(grace)
+            if session in self.sessions:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+        trio.lowlevel.spawn_system_task(kill_after_grace)
+        return True
+
+    def _end(self, why: str, line: str, *, let_finish: bool) -> None:
+        if self.ended is not None:
+            return
+        self.ended = why
+        self._log(line)
+        if not let_finish:
+            refused = self.refusal()
+            if refused is not None:
+                self._shutdown.why = f"{refused.reason.text}: the program was hung up"
+        self.stop(let_finish=let_finish)
+
+    async def _expire_on_time(self) -> None:
+        while True:
+            with trio.CancelScope() as self._expiry_moved:
+                if self.expires_at is None:
+                    await trio.sleep_forever()
+                await trio.sleep(max(0.0, self.expires_at - time.time()))
+                finish = self.config.lifetime.finish_at_expiry
+                self._end("expired", f"expired at {rfc3339(self.expires_at)}; "
+                          f"{'running programs finish' if finish else 'running programs hung up'}",
+                          let_finish=finish)
+                return
+
+    def refusal(self) -> Refuse | None:
+        """Why no session may start now, or None."""
+        if self.ended == "revoked":
+            return Refuse(revoked_reason())
+        if self.expires_at is not None and time.time() >= self.expires_at:
+            return Refuse(expired_reason(self.expires_at))
+        if self.uses_left is not None and self.uses_left <= 0:
+            return Refuse(spent_reason())
+        return None
+
+    async def _decide(self, asked: Asked) -> Allow | Refuse:
+        refused = self.refusal()
+        if refused is not None:
+            return refused
+        decision = await attenuating(asked)
+        if self.uses_left is not None:
+            self.uses_left -= 1
+            if self._on_use is not None:
+                self._on_use(self)
+            if self.uses_left == 0:
+                self._end("spent", "no uses left; the last sessions finish", let_finish=True)
+        return decision
+
+    def _event(self, event: SessionEvent) -> None:
+        if isinstance(event, Accepted):
+            self.sessions[event.session] = RunningSession(event.session, self.name, event.peer)
+        elif (running := self.sessions.get(event.session)) is not None:
+            if isinstance(event, Decided) and event.allowed:
+                running.argv = event.argv
+            elif isinstance(event, Started):
+                running.pid = event.pid
+            elif isinstance(event, Ended):
+                del self.sessions[event.session]
+        if self._audit is not None:
+            self._audit(event)
+
     async def _serve_one(self, channel):
         config = self.config  # the one that holds as this session begins
         return await serve_session(channel, config.policy, config.session_limits, self._shutdown,
-                                   events=self._events, endpoint=self._called)
+                                   decide=self._decide, events=self._event, endpoint=self._called)
 
 
 async def _listen(config, log: Callable[[str], None], *, exposed: bool = False):

@@ -20,8 +20,11 @@ from ._server import log
 
 
 def serve_file(path: str, *, check: bool = False) -> int:
+    from ._control import control_settings
+
     try:
         declared = declared_endpoints(path)
+        control = control_settings(path)
     except ConfigFileError as exc:
         log(f"error: {exc}")
         return 2
@@ -34,7 +37,7 @@ def serve_file(path: str, *, check: bool = False) -> int:
     from capsudo.core import hold_stop_signals
 
     hold_stop_signals()
-    return trio.run(_serve, path, declared)
+    return trio.run(_serve, path, declared, control)
 
 
 def describe(endpoint: DeclaredEndpoint) -> str:
@@ -51,7 +54,7 @@ def describe(endpoint: DeclaredEndpoint) -> str:
     return f"{text}: {endpoint.description}" if endpoint.description else text
 
 
-async def _serve(path: str, declared: dict[str, DeclaredEndpoint]) -> int:
+async def _serve(path: str, declared: dict[str, DeclaredEndpoint], control) -> int:
     import trio
 
     from capsudo.core import stop_on_signals
@@ -89,11 +92,32 @@ async def _serve(path: str, declared: dict[str, DeclaredEndpoint]) -> int:
             log(unclaimed)
             supervisor.stop()
             return 1
+        if control is not None:
+            from ._control import ControlServer
+            from ._grants import GrantError
+
+            server = ControlServer(control, supervisor, log=log)
+            try:
+                await server.restore()
+                await nursery.start(server.run)
+            except GrantError as exc:
+                log(str(exc))
+                supervisor.stop()
+                nursery.cancel_scope.cancel()
+                return 1
         from capsudo.transport import notify_ready
 
         notify_ready(_status(supervisor))
         await stop_on_signals(log, [supervisor], (signal.SIGTERM, signal.SIGINT, signal.SIGHUP), reload=reload)
+        # The control socket goes with the endpoints; the endpoints' sessions wind down as they do.
+        if control is not None:
+            nursery.cancel_scope.deadline = trio.current_time() + _longest_grace(supervisor) + 2
     return 0
+
+
+def _longest_grace(supervisor) -> float:
+    return max((endpoint.config.session_limits.hangup_grace for endpoint in supervisor.running.values()),
+               default=0.0)
 
 
 def _status(supervisor) -> str:

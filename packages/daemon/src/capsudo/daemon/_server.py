@@ -37,8 +37,15 @@ async def serve_endpoint(endpoint: DaemonEndpoint, where: str) -> int:
     async with trio.open_nursery() as nursery:
         await nursery.start(endpoint.run)
         notify_ready(serving_status(endpoint.config.policy, where))
-        # SIGTERM, SIGINT or SIGHUP: stop accepting, hang running programs up.
-        await stop_on_signals(log, [endpoint])
+
+        async def until_signal() -> None:
+            # SIGTERM, SIGINT or SIGHUP: stop accepting, hang running programs up.
+            await stop_on_signals(log, [endpoint])
+
+        nursery.start_soon(until_signal)
+        # An endpoint that expires or is spent ends the daemon, once its last sessions have.
+        await endpoint.served.stopped.wait()
+        nursery.cancel_scope.cancel()
     return 0
 
 

@@ -35,6 +35,8 @@ class Supervisor:
         self.audit = AuditFiles()
         self._nursery: trio.Nursery | None = None
         self._reloading = trio.Lock()
+        #: The names of the endpoints the control socket granted.
+        self.granted: set[str] = set()
 
     async def run(self, declared: Mapping[str, DeclaredEndpoint], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Start every endpoint of `declared`, or none (raising the first failure); serve until stop()."""
@@ -60,12 +62,16 @@ class Supervisor:
                 self._log(f"reload: {exc}; the running configuration is kept")
                 return False
             self.audit.reopen()  # logrotate moved the files away: new ones at the same paths
-            for name in [name for name in self.running if name not in declared]:
+            # Grants are the control socket's, not the file's: a reload leaves them be.
+            for name in [name for name in self.running if name not in declared and name not in self.granted]:
                 self._log(f"endpoint {name}: removed")
                 endpoint = self.running.pop(name)
                 del self._declared[name]
                 endpoint.stop(let_finish=endpoint.finish_when_removed)
             for name, wanted in declared.items():
+                if name in self.granted:
+                    self._log(f"endpoint {name}: a grant has this name; the file's endpoint is not served")
+                    continue
                 current = self.running.get(name)
                 if current is None:
                     await self._start_logged(wanted)
@@ -91,7 +97,18 @@ class Supervisor:
         for endpoint in self.running.values():
             endpoint.stop()
 
-    async def _start(self, declared: DeclaredEndpoint) -> None:
+    async def add(self, declared: DeclaredEndpoint, *, on_use=None) -> None:
+        """Serve a grant; raises EndpointStartError."""
+        await self._start(declared, on_use=on_use)
+        self.granted.add(declared.name)
+
+    def remove(self, name: str) -> DaemonEndpoint | None:
+        """Forget a grant's endpoint, returning it for its caller to stop."""
+        self.granted.discard(name)
+        self._declared.pop(name, None)
+        return self.running.pop(name, None)
+
+    async def _start(self, declared: DeclaredEndpoint, *, on_use=None) -> None:
         config = declared.config
         try:
             events = self.audit.sink(config.audit, declared.name)
@@ -103,7 +120,7 @@ class Supervisor:
             raise EndpointStartError(str(exc)) from None
         endpoint = await DaemonEndpoint.open(declared.name, config, log=self._log, adopted=adopted, events=events,
                                              finish_when_removed=declared.finish_when_removed,
-                                             exposures=declared.exposures)
+                                             exposures=declared.exposures, on_use=on_use)
         self.running[declared.name] = endpoint
         self._declared[declared.name] = declared
         await self._nursery.start(endpoint.run)

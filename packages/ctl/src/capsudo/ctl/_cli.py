@@ -1,0 +1,210 @@
+"""`capsudoctl [-S SOCKET] [--json] COMMAND …`: one request to the control socket, its answer printed.
+
+The grant command takes capsudod's own options (the same table, so a grant
+has every field a file endpoint has), with `--listen` for the address,
+`--for` for its lifetime and `--script FILE` for a script whose content is
+sent and pinned by its SHA-256. Exit status: 0 done, 1 the daemon refused or
+failed the request, 2 a wrong command line, 3 the control socket cannot be
+reached.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import sys
+
+from capsudo.core import (INTEGER, SECONDS, TEXT, Option, UsageError, daemon_options, read_command_line,
+                          usage_error)
+
+DEFAULT_CONTROL = "/run/capsudo/control"
+REACH_FAILURE = 3
+REQUEST_FAILED = 1
+
+USAGE = """\
+usage: capsudoctl [-S SOCKET] [--json] COMMAND ...
+
+commands:
+  list                          endpoints: pins, owner and mode, expiry, uses left, sessions
+  grant NAME --listen PATH [--for DURATION] [--uses N] [--owner U[:G]] [--mode M]
+        [--user U] [capsudod's options] [--script FILE] [-- COMMAND...]
+                                an endpoint made now, for a while or a number of uses
+  renew NAME --for DURATION [--uses N]
+  revoke NAME                   its socket goes, its running programs are hung up
+  sessions                      the sessions under way
+  kill SESSION                  hang one session's program up
+
+  -S SOCKET   the control socket (default: $CAPSUDO_CONTROL, else /run/capsudo/control)
+  --json      print the daemon's answer as JSON, for programs
+  -h          show this help
+
+exit status: 0 done, 1 refused or failed by the daemon, 2 a wrong command line,
+3 the control socket cannot be reached.
+"""
+
+
+def grant_options() -> list[Option]:
+    """capsudod's options with --listen for -S, the lifetime as --for, and --script."""
+    options = [option for option in daemon_options() if option.name not in ("endpoint", "expires")]
+    return [
+        Option("listen", TEXT, None, "the address to serve the grant on", metavar="ADDRESS"),
+        Option("for", SECONDS, None, "how long the grant lasts", metavar="DURATION"),
+        Option("script", TEXT, None, "run a copy of this file, pinned by its SHA-256", metavar="FILE"),
+        *options,
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        control, as_json, command, rest = _global_options(argv)
+        if command is None:
+            sys.stdout.write(USAGE)
+            return 0
+        request = _request(command, rest)
+    except UsageError as exc:
+        return usage_error("capsudoctl", exc)
+    except OSError as exc:
+        sys.stderr.write(f"capsudoctl: error: {exc.filename}: {exc.strerror}\n")
+        return REQUEST_FAILED
+    try:
+        response = exchange(control, request)
+    except OSError as exc:
+        sys.stderr.write(f"capsudoctl: error: cannot reach the control socket {control}: {exc.strerror or exc}\n")
+        return REACH_FAILURE
+    if not response.get("ok"):
+        if as_json:
+            sys.stdout.write(json.dumps(response) + "\n")
+        sys.stderr.write(f"capsudoctl: error: {response.get('error', 'the daemon gave no answer')}\n")
+        return REQUEST_FAILED
+    sys.stdout.write(json.dumps(response) + "\n" if as_json else _for_people(command, response))
+    return 0
+
+
+def _global_options(argv: list[str]):
+    control = os.environ.get("CAPSUDO_CONTROL") or DEFAULT_CONTROL
+    as_json = False
+    while argv and argv[0].startswith("-"):
+        word = argv.pop(0)
+        if word in ("-h", "--help"):
+            return control, as_json, None, []
+        if word == "--json":
+            as_json = True
+        elif word == "-S" or word.startswith("-S"):
+            control = word[2:] or (argv.pop(0) if argv else "")
+            if not control:
+                raise UsageError("-S takes the control socket's path")
+        else:
+            raise UsageError(f"unknown option {word}")
+    if not argv:
+        raise UsageError("which command? list, grant, renew, revoke, sessions, kill")
+    return control, as_json, argv[0], argv[1:]
+
+
+def _request(command: str, rest: list[str]) -> dict:
+    if command in ("list", "sessions"):
+        if rest:
+            raise UsageError(f"{command} takes no operands, got {rest[0]!r}")
+        return {"command": command}
+    if command in ("revoke", "kill"):
+        if len(rest) != 1:
+            raise UsageError(f"{command} takes one {'NAME' if command == 'revoke' else 'SESSION'}")
+        return {"command": command, "name" if command == "revoke" else "session": rest[0]}
+    if command == "renew":
+        if not rest or rest[0].startswith("-"):
+            raise UsageError("renew takes NAME --for DURATION")
+        table = [Option("for", SECONDS, None), Option("uses", INTEGER, None)]
+        values, _, operands = read_command_line(table, rest[1:])
+        if values is None or values == "version" or operands or "for" not in values:
+            raise UsageError("renew takes NAME --for DURATION [--uses N]")
+        return {"command": "renew", "name": rest[0], **values}
+    if command == "grant":
+        return _grant(rest)
+    raise UsageError(f"unknown command {command!r} (list, grant, renew, revoke, sessions, kill)")
+
+
+def _grant(rest: list[str]) -> dict:
+    if not rest or rest[0].startswith("-"):
+        raise UsageError("grant takes NAME --listen PATH [options] [-- COMMAND...]")
+    name = rest[0]
+    values, labels, program = read_command_line(grant_options(), rest[1:])
+    if values is None or values == "version":
+        raise UsageError("grant takes NAME --listen PATH [options] [-- COMMAND...]")
+    if "listen" not in values:
+        raise UsageError("grant needs --listen PATH, where the grant's socket goes")
+    request: dict = {"command": "grant", "name": name}
+    fields = {("endpoint" if key == "listen" else key): value for key, value in values.items()
+              if key not in ("for", "script")}
+    if "for" in values:
+        request["for"] = values["for"]
+    if "script" in values:
+        with open(values["script"], "rb") as file:
+            request["script"] = base64.b64encode(file.read()).decode("ascii")
+    elif not program:
+        raise UsageError("grant needs -- COMMAND... or --script FILE: what the grant runs")
+    if program:
+        fields["program"] = program
+    request["fields"] = fields
+    return request
+
+
+def exchange(path: str, request: dict) -> dict:
+    """Send one request line, read one response line. Raises OSError."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(path)
+        try:
+            sock.sendall(json.dumps(request).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a refusal is sent before the request is read: it is still there to read
+        buffer = bytearray()
+        while b"\n" not in buffer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buffer += chunk
+    if not buffer:
+        return {"ok": False, "error": "the daemon closed the connection without an answer"}
+    try:
+        return json.loads(buffer.partition(b"\n")[0])
+    except ValueError:
+        return {"ok": False, "error": "the daemon's answer is not JSON"}
+
+
+def _for_people(command: str, response: dict) -> str:
+    if command == "list":
+        rows = [("NAME", "KIND", "ADDRESS", "PINS", "OWNER/MODE", "EXPIRES", "USES", "SESSIONS", "STATE", "SCRIPT")]
+        for entry in response["endpoints"]:
+            pins = ",".join(what for what, pinned in entry["pins"].items() if pinned) or "prefix"
+            owner = entry["owner"]
+            owned = f"{owner['uid'] if owner and owner['uid'] is not None else '-'}:" \
+                    f"{owner['gid'] if owner and owner['gid'] is not None else '-'}/{entry['mode']}"
+            uses = "-" if entry["uses_left"] is None else str(entry["uses_left"])
+            rows.append((entry["name"], entry["kind"], entry["address"], pins, owned, entry["expires"] or "never",
+                         uses, str(entry["sessions"]), entry["state"], entry["script"] or "-"))
+        return _table(rows)
+    if command == "sessions":
+        rows = [("SESSION", "ENDPOINT", "USER", "PID", "SINCE", "COMMAND")]
+        for entry in response["sessions"]:
+            rows.append((entry["id"], entry["endpoint"] or "-", entry["user"] or "-", str(entry["program_pid"] or "-"),
+                         entry["since"], " ".join(entry["argv"])))
+        return _table(rows)
+    if command == "grant":
+        lines = [f"granted {response['name']} on {response['address']}"]
+        lines.append(f"expires {response['expires'] or 'never'}, "
+                     f"{response['uses_left'] if response['uses_left'] is not None else 'unlimited'} use(s)")
+        if response.get("script"):
+            lines.append(f"script sha256 {response['script']}")
+        return "\n".join(lines) + "\n"
+    if command == "renew":
+        return f"renewed {response['name']}: expires {response['expires']}\n"
+    if command == "revoke":
+        return f"revoked {response['name']}\n"
+    return f"hung up session {response['session']}\n"
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n" for row in rows)

@@ -1,0 +1,356 @@
+"""The control socket of `capsudod --config`: list, grant, renew, revoke, sessions, kill.
+
+A Unix socket (`[control] listen`, default /run/capsudo/control) that only
+root and the members of `[control] group` may reach: its mode says so
+(0660 root:group, or 0600 without a group) and so does every connection's
+peer, whose uid the kernel vouches for and which is checked again here. The
+protocol is one JSON object per line, a request and then its response, one
+request per connection (docs/control.md). Each request is a line in the
+daemon's log, with who asked and what came of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import grp
+import json
+import os
+import pwd
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from capsudo.core import SECONDS, Option, UsageError, convert, rfc3339
+from capsudo.transport import EndpointError, Owner, open_unix_listener, peer_credentials
+
+from ._config_file import ConfigFileError, read_config_file
+from ._grants import DEFAULT_STATE, Grant, GrantError, StateDirectory
+
+DEFAULT_CONTROL = "/run/capsudo/control"
+CONTROL = "control"
+# A request, a script's content included, fits in this; a longer line is refused.
+MAX_REQUEST = 4 << 20
+REQUEST_TIMEOUT = 10.0
+_CONTROL_FIELDS = ("listen", "group", "state")
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    listen: str = DEFAULT_CONTROL
+    group: str | None = None
+    state: str = DEFAULT_STATE
+
+
+def control_settings(path: str) -> ControlSettings | None:
+    """The file's `[control]` table; None when it has none (then no control socket is served)."""
+    config, others = read_config_file(path, extra_tables=(CONTROL,))
+    table = others.get(CONTROL)
+    if table is None:
+        return None
+    for key, value in table.items():
+        if key not in _CONTROL_FIELDS:
+            raise ConfigFileError(f"{path}: control.{key}: unknown field (known: {', '.join(_CONTROL_FIELDS)})")
+        if not isinstance(value, str) or not value:
+            raise ConfigFileError(f"{path}: control.{key}: takes a string, got {value!r}")
+    if "group" in table:
+        try:
+            grp.getgrnam(table["group"])
+        except KeyError:
+            raise ConfigFileError(f"{path}: control.group: no group {table['group']!r} on this system") from None
+    return ControlSettings(**table)
+
+
+class ControlError(Exception):
+    """A request that fails; its one line goes back to capsudoctl."""
+
+
+class ControlServer:
+    def __init__(self, settings: ControlSettings, supervisor, *, log: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.supervisor = supervisor
+        self._log = log
+        self.state = StateDirectory(settings.state)
+        self.grants: dict[str, Grant] = {}
+        self._gid = grp.getgrnam(settings.group).gr_gid if settings.group else None
+
+    # ---- grants kept across restarts ----------------------------------------
+
+    async def restore(self) -> None:
+        """The grants of the state directory that still hold, serving again; raises GrantError."""
+        self.state.check()
+        now = time.time()
+        for grant in self.state.load():
+            if grant.spent(now):
+                self._log(f"grant {grant.name}: expired or spent while the daemon was down; dropped")
+                continue
+            try:
+                await self._start(grant)
+            except (GrantError, ControlError) as exc:
+                self._log(f"grant {grant.name}: cannot serve it again: {exc}; dropped")
+                continue
+            self._log(f"grant {grant.name}: resumed, {_left(grant)}")
+        self._save()
+
+    def _save(self) -> None:
+        self.state.save(list(self.grants.values()))
+
+    def _used(self, endpoint) -> None:
+        grant = self.grants.get(endpoint.name)
+        if grant is not None:
+            grant.uses_left = endpoint.uses_left
+            self._save()
+
+    async def _start(self, grant: Grant) -> None:
+        from ._endpoint import EndpointStartError
+
+        if grant.name in self.supervisor.running and grant.name not in self.grants:
+            raise ControlError(f"an endpoint named {grant.name} exists already")
+        if grant.script is not None and not os.path.exists(self.state.script_path(grant.script)):
+            raise GrantError(f"its script {grant.script} is gone from {self.state.path}")
+        declared = grant.declared()
+        try:
+            await self.supervisor.add(declared, on_use=self._used)
+        except EndpointStartError as exc:
+            raise ControlError(str(exc)) from None
+        self.grants[grant.name] = grant
+
+    # ---- the socket -----------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        owner, mode = (Owner(0, self._gid), 0o660) if self._gid is not None else (Owner(0, 0), 0o600)
+        try:
+            listener = await open_unix_listener(self.settings.listen, owner=owner, mode=mode)
+        except EndpointError as exc:
+            raise GrantError(f"control socket: {exc}") from None
+        sock = listener.socket
+        sock.setblocking(False)
+        self._log(f"control socket on {listener.path} (mode {mode:04o}"
+                  f"{', group ' + self.settings.group if self._gid is not None else ''})")
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    await trio.lowlevel.wait_readable(sock)
+                    try:
+                        connection, _ = sock.accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError as exc:
+                        self._log(f"control socket: accept: {exc.strerror}")
+                        await trio.sleep(0.1)
+                        continue
+                    nursery.start_soon(self._serve_connection, connection)
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+
+    def _allowed(self, uid: int) -> bool:
+        if uid == 0:
+            return True
+        if self._gid is None:
+            return False
+        try:
+            user = pwd.getpwuid(uid)
+        except KeyError:
+            return False
+        return self._gid in os.getgrouplist(user.pw_name, user.pw_gid)
+
+    async def _serve_connection(self, connection) -> None:
+        connection.setblocking(False)
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(connection))
+        async with stream:
+            peer = peer_credentials(connection)
+            who = f"uid={peer.uid} ({_user_name(peer.uid)}) pid={peer.pid}"
+            if not self._allowed(peer.uid):
+                self._log(f"control: {who}: refused, not root nor in the control group")
+                await _reply(stream, {"ok": False, "error": "permission denied: only root and the members of "
+                                      "the control group may use this socket"})
+                return
+            request: dict = {}
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT):
+                    line = await _read_line(stream)
+                parsed = json.loads(line)
+                if not isinstance(parsed, dict) or not isinstance(parsed.get("command"), str):
+                    raise ControlError('a request is a JSON object with a "command"')
+                request = parsed
+                response = {"ok": True, **await self._handle(request)}
+            except trio.TooSlowError:
+                response = {"ok": False, "error": f"no request within {REQUEST_TIMEOUT:g}s"}
+            except (ValueError, UnicodeDecodeError):
+                response = {"ok": False, "error": "the request is not one line of JSON"}
+            except (ControlError, GrantError, UsageError) as exc:
+                response = {"ok": False, "error": str(exc)}
+            outcome = "ok" if response["ok"] else f"failed: {response['error']}"
+            target = request.get("name") or request.get("session") or ""
+            self._log(f"control: {who}: {request.get('command', '?')}{' ' + str(target) if target else ''}: {outcome}")
+            await _reply(stream, response)
+
+    # ---- requests -------------------------------------------------------------
+
+    async def _handle(self, request: dict) -> dict:
+        command = request["command"]
+        handler = {"list": self._list, "grant": self._grant, "renew": self._renew, "revoke": self._revoke,
+                   "sessions": self._sessions, "kill": self._kill}.get(command)
+        if handler is None:
+            raise ControlError(f"unknown command {command!r} (known: list, grant, renew, revoke, sessions, kill)")
+        return await handler(request)
+
+    async def _list(self, request: dict) -> dict:
+        endpoints = []
+        for name, endpoint in self.supervisor.running.items():
+            config = endpoint.config
+            policy = config.policy
+            grant = self.grants.get(name)
+            owner = config.owner
+            endpoints.append({
+                "name": name,
+                "kind": "grant" if grant is not None else "file",
+                "address": str(config.address),
+                "program": list(policy.program),
+                "pins": {"command": policy.fixed_arguments, "environment": policy.fixed_environment},
+                "user": policy.run_as.user,
+                "owner": None if owner is None else {"uid": owner.uid, "gid": owner.gid},
+                "mode": f"{config.mode:04o}",
+                "expires": rfc3339(endpoint.expires_at) if endpoint.expires_at is not None else None,
+                "uses_left": endpoint.uses_left,
+                "sessions": len(endpoint.sessions),
+                "state": endpoint.ended or "accepting",
+                "script": grant.script if grant is not None else None,
+            })
+        return {"endpoints": endpoints}
+
+    async def _grant(self, request: dict) -> dict:
+        name = _name(request)
+        if name in self.supervisor.running:
+            raise ControlError(f"an endpoint named {name} exists already (revoke it first)")
+        fields = request.get("fields")
+        if not isinstance(fields, dict) or "endpoint" not in fields:
+            raise ControlError("a grant needs its fields, --listen among them")
+        fields = dict(fields)
+        expires_at = None
+        if "for" in request:
+            expires_at = time.time() + _duration(request["for"], "--for")
+        elif "expires" in fields:
+            raise ControlError("a grant's lifetime is --for DURATION")
+        uses = fields.pop("uses", None)
+        if uses is not None:
+            uses = convert(Option("uses", "integer", minimum=1), uses, "--uses")
+        at_expiry = fields.pop("at-expiry", "hang-up")
+        digest = None
+        script = request.get("script")
+        if script is not None:
+            try:
+                content = base64.b64decode(script, validate=True)
+            except (binascii.Error, TypeError):
+                raise ControlError("the script's content is not base64") from None
+            digest, path = self.state.store_script(content)
+            fields["program"] = [path, *fields.get("program", [])]
+        grant = Grant(name, fields, expires_at, uses, digest, at_expiry)
+        await self._start(grant)
+        self._save()
+        return {"name": name, "address": fields["endpoint"], "expires": rfc3339(expires_at) if expires_at else None,
+                "uses_left": uses, "script": digest}
+
+    async def _renew(self, request: dict) -> dict:
+        name = _name(request)
+        grant = self.grants.get(name)
+        endpoint = self.supervisor.running.get(name)
+        if grant is None or endpoint is None:
+            raise ControlError(f"no grant named {name}")
+        if endpoint.ended is not None:
+            raise ControlError(f"grant {name} has ended ({endpoint.ended}); grant it again")
+        if "for" not in request:
+            raise ControlError("renew needs --for DURATION")
+        grant.expires_at = time.time() + _duration(request["for"], "--for")
+        uses = request.get("uses")
+        if uses is not None:
+            grant.uses_left = convert(Option("uses", "integer", minimum=1), uses, "--uses")
+        endpoint.renew(grant.expires_at, grant.uses_left if uses is not None else None)
+        self._save()
+        return {"name": name, "expires": rfc3339(grant.expires_at), "uses_left": endpoint.uses_left}
+
+    async def _revoke(self, request: dict) -> dict:
+        name = _name(request)
+        if name not in self.grants:
+            raise ControlError(f"no grant named {name}" + (" (a file's endpoint: remove it from the file)"
+                                                          if name in self.supervisor.running else ""))
+        del self.grants[name]
+        self._save()
+        endpoint = self.supervisor.remove(name)
+        if endpoint is not None:
+            endpoint.revoke()
+            with trio.move_on_after(endpoint.config.session_limits.hangup_grace + 2):
+                await endpoint.served.stopped.wait()
+        return {"name": name}
+
+    async def _sessions(self, request: dict) -> dict:
+        sessions = []
+        for endpoint in self.supervisor.running.values():
+            for running in endpoint.sessions.values():
+                peer = running.peer
+                sessions.append({"id": running.id, "endpoint": running.endpoint,
+                                 "uid": getattr(peer, "uid", None), "pid": getattr(peer, "pid", None),
+                                 "user": _user_name(peer.uid) if peer is not None else None,
+                                 "argv": list(running.argv), "program_pid": running.pid,
+                                 "since": rfc3339(running.since)})
+        return {"sessions": sessions}
+
+    async def _kill(self, request: dict) -> dict:
+        session = request.get("session")
+        if not isinstance(session, str):
+            raise ControlError("kill needs a session id")
+        for endpoint in self.supervisor.running.values():
+            if session in endpoint.sessions:
+                if not endpoint.kill(session):
+                    raise ControlError(f"session {session} runs no program yet")
+                return {"session": session}
+        raise ControlError(f"no session {session}")
+
+
+def _name(request: dict) -> str:
+    from ._config_file import ENDPOINT_NAME
+
+    name = request.get("name")
+    if not isinstance(name, str) or not ENDPOINT_NAME.match(name):
+        raise ControlError(f"invalid name {name!r}: letters, digits and _ . @ -, up to 64")
+    return name
+
+
+def _duration(raw, label: str) -> float:
+    return convert(Option("for", SECONDS, minimum=0.001), raw, label)
+
+
+def _left(grant: Grant) -> str:
+    expires = f"until {rfc3339(grant.expires_at)}" if grant.expires_at is not None else "without expiry"
+    uses = f"{grant.uses_left} use(s) left" if grant.uses_left is not None else "unlimited uses"
+    return f"{expires}, {uses}"
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+async def _read_line(stream: trio.SocketStream) -> str:
+    buffer = bytearray()
+    while b"\n" not in buffer:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            break
+        buffer += chunk
+        if len(buffer) > MAX_REQUEST:
+            raise ControlError(f"the request is longer than {MAX_REQUEST} bytes")
+    return buffer.partition(b"\n")[0].decode("utf-8")
+
+
+async def _reply(stream: trio.SocketStream, response: dict) -> None:
+    try:
+        await stream.send_all(json.dumps(response, separators=(",", ":")).encode() + b"\n")
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
