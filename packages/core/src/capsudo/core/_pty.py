@@ -468,6 +468,11 @@ class PtyProgram:
                     # not at once (the terminal stays readable all along).
                     await trio.sleep(FOREGROUND_POLL)
                     continue
+                if self._client_pid is not None and not select.select([source.fd], [], [], 0)[0]:
+                    # The shell read what was there before the client came back
+                    # (`fg`): a read now would wait, and take what is typed to
+                    # the shell after the session.
+                    continue
                 data = await source.read_ready(INPUT_CHUNK)
                 if data is None:
                     continue
