@@ -117,3 +117,25 @@ def test_ctrl_c_still_reaches_the_program(daemon, bash):
     bash.sendcontrol("c")
     bash.expect(r"status=(\d+)")
     assert bash.match.group(1) == b"130"
+
+
+def test_ctrl_z_stops_a_job_whose_own_process_does_not_stop(daemon, bash):
+    # sh catches SIGTSTP and waits on: only the sleep below it stops, as only
+    # the child stops when ^Z comes while a shell vforks it. The monitor
+    # waits for sh alone; the job is stuck all the same and must be reported.
+    bash.sendline(
+        f"{CAPSUDO} -S {daemon.socket} -- sh -c 'trap \"echo tstp-caught\" TSTP; echo started; sleep 2; echo done-$((6 * 7))'"
+    )
+    bash.expect_exact("started")
+    wait_until(lambda: in_raw_mode(bash), "the client never made the terminal raw")
+    bash.sendcontrol("z")
+    bash.expect(r"Stopped")
+    bash.expect_exact(PROMPT)
+    time.sleep(2.5)  # longer than the sleep: a sleep that kept running would be done by now
+    bash.sendline("echo still-$((6 * 7))")
+    bash.expect_exact("still-42")
+    bash.expect_exact(PROMPT)
+    assert b"done-42" not in bash.before
+    bash.sendline("fg")
+    bash.expect_exact("done-42")
+    bash.expect_exact(PROMPT)

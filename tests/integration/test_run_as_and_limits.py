@@ -15,6 +15,7 @@ import pwd
 import secrets
 import shutil
 import subprocess
+import termios
 import time
 from functools import partial
 
@@ -240,3 +241,95 @@ def test_capsudod_names_its_endpoint_by_the_socket_path(daemon):
     result = subprocess.run([CAPSUDO, "-S", daemon.socket, "-e", "CAPSUDO_ENDPOINT=forged", "--", "sh", "-c",
                              'echo "$CAPSUDO_ENDPOINT $CAPSUDO_USER"'], capture_output=True, timeout=10)
     assert result.stdout.decode() == f"{daemon.socket} {pwd.getpwuid(os.getuid()).pw_name}\n"
+
+
+def _in_memory_group(pid: int) -> str:
+    with open(f"/proc/{pid}/cgroup") as groups:
+        return next((line.rstrip("\n").split(":", 2)[2] for line in groups
+                     if line.split(":")[1] in ("memory", "")), "")
+
+
+def test_ctrl_z_stops_and_fg_continues_a_program_run_as_a_user_in_its_cgroup(sock_dir, program_user, scratch_user):
+    # The whole of it at a real bash: the client as the caller, the program
+    # as another user in a memory-limited group, the monitor above it (root,
+    # outside the group), ^Z and `fg`, and the group gone after.
+    import threading
+
+    import pexpect
+
+    bash_path = shutil.which("bash")
+    if bash_path is None or shutil.which("setpriv") is None:
+        pytest.skip("needs bash and setpriv")
+    name, uid, _, _, _ = program_user
+    policy = Policy(run_as=RunAs(user=name), limits=ProgramLimits(memory=64 * MiB))
+    policy.validate()
+    os.chmod(sock_dir, 0o755)
+    path = os.path.join(sock_dir, "run.sock")
+    events = []
+    served_box = {}
+    ready = threading.Event()
+
+    async def serve():
+        listener = await open_unix_listener(path, mode=0o777)
+        shutdown = Hangup()
+
+        async def handler(channel):
+            return await serve_session(channel, policy, SessionLimits(hangup_grace=0.5), shutdown, events=events.append)
+
+        served = ServedEndpoint(listener, handler, log=lambda line: None,
+                                hang_up=partial(shutdown.hang_up_all, 0.5), grace=0.5)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(served.run)
+            served_box["stop"] = served.stop
+            served_box["token"] = trio.lowlevel.current_trio_token()
+            ready.set()
+
+    server = threading.Thread(target=trio.run, args=(serve,), daemon=True)
+    server.start()
+    assert ready.wait(10)
+    prompt = "bash-ready> "
+    bash = pexpect.spawn(bash_path, ["--norc", "--noprofile", "-i"], dimensions=(24, 80), timeout=20,
+                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TERM": "xterm", "LANG": "C",
+                              "PS1": prompt})
+    try:
+        bash.expect_exact(prompt)
+        _, caller_uid, caller_gid = scratch_user
+        bash.sendline(f"setpriv --reuid={caller_uid} --regid={caller_gid} --clear-groups {CAPSUDO} -S {path} -- "
+                      "sh -c 'echo \"uid=$(id -u) pid=$$\"; sleep 2; echo done-$((6 * 7))'")
+        bash.expect(r"uid=(\d+) pid=(\d+)")
+        assert int(bash.match.group(1)) == uid
+        program = int(bash.match.group(2))
+        session = next(event for event in events if isinstance(event, Started)).session
+        monitor = int(open(f"/proc/{program}/stat").read().rsplit(")", 1)[1].split()[1])
+        assert _in_memory_group(program).endswith(f"/capsudo-{session}")
+        assert not _in_memory_group(monitor).endswith(f"/capsudo-{session}")
+        assert os.stat(f"/proc/{monitor}").st_uid == 0 and os.stat(f"/proc/{program}").st_uid == uid
+        deadline = time.monotonic() + 10
+        while termios.tcgetattr(bash.child_fd)[3] & termios.ECHO:
+            assert time.monotonic() < deadline, "the client never made the terminal raw"
+            time.sleep(0.02)
+        bash.sendcontrol("z")
+        bash.expect(r"Stopped")
+        bash.expect_exact(prompt)
+        with open(f"/proc/{program}/stat") as stat:
+            assert stat.read().rsplit(")", 1)[1].split()[0] == "T"
+        time.sleep(2.5)  # longer than the sleep: a program that kept running would be done by now
+        bash.sendline("echo still-$((6 * 7))")
+        bash.expect_exact("still-42")
+        bash.expect_exact(prompt)
+        assert b"done-42" not in bash.before
+        bash.sendline("fg")
+        bash.expect_exact("done-42")
+        bash.expect_exact(prompt)
+        bash.sendline('echo "status=$?"')
+        bash.expect(r"status=(\d+)")
+        assert bash.match.group(1) == b"0"
+        deadline = time.monotonic() + 5
+        while not any(isinstance(event, Ended) for event in events):
+            assert time.monotonic() < deadline, "the session never ended"
+            time.sleep(0.01)
+        assert not any(os.path.exists(group) for group in _session_groups(session))
+    finally:
+        bash.close(force=True)
+        trio.from_thread.run_sync(served_box["stop"], trio_token=served_box["token"])
+        server.join(10)

@@ -27,6 +27,9 @@ CONTINUED = b"C"
 
 _HIGHEST_FD = 2**31 - 1
 
+# A bound on the /proc walk that looks for a stopped descendant after a ^Z.
+_DESCENDANTS_LOOKED_AT = 256
+
 
 # --- in the child, between fork and exec ------------------------------------------
 
@@ -162,6 +165,61 @@ def suspend_client(pidfd: int, peer_uid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _children_of(pid: int) -> list[int]:
+    children: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return children
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as listed:
+                children.extend(int(child) for child in listed.read().split())
+        except (OSError, ValueError):
+            pass
+    return children
+
+
+def _state_and_group(pid: int) -> tuple[bytes, int] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            line = stat_file.read()
+    except OSError:
+        return None
+    fields = line[line.rfind(b")") + 2 :].split()  # the name in parentheses may hold anything
+    try:
+        return fields[0], int(fields[2])
+    except (IndexError, ValueError):
+        return None
+
+
+def stopped_below(program_pid: int) -> bool:
+    """Whether a process of the program's group, among the program and its
+    descendants, is stopped.
+
+    The monitor can wait only for the program's own process, and that one
+    may never stop for a ^Z: a shell that has just vforked is uninterruptible
+    until its child execs, and a child stopped before its exec never does.
+    The job is stuck then all the same, and only a SIGCONT to the group
+    (`fg`) gets it going again.
+    """
+    seen = set()
+    waiting = [program_pid]
+    while waiting and len(seen) < _DESCENDANTS_LOOKED_AT:
+        pid = waiting.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        found = _state_and_group(pid)
+        if found is None:
+            continue
+        state, group = found
+        if group == program_pid and state in (b"T", b"t"):
+            return True
+        waiting.extend(_children_of(pid))
+    return False
 
 
 def client_pid(pidfd: int) -> int | None:

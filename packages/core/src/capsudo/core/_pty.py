@@ -27,7 +27,14 @@ import trio
 
 from capsudo.proto import Winsize
 
-from ._job_control import CONTINUED, STOPPED, client_pid as pid_of_pidfd, monitor_program, suspend_client
+from ._job_control import (
+    CONTINUED,
+    STOPPED,
+    client_pid as pid_of_pidfd,
+    monitor_program,
+    stopped_below,
+    suspend_client,
+)
 from ._label import exec_label
 from ._relay_views import RelayView, open_relay_view_off_loop
 from ._spawn import SpawnError, pidfd_or_kill, signal_group
@@ -51,6 +58,11 @@ INPUT_CHUNK = 16 * 1024
 # client's terminal, and how long the client may take to stop in its turn.
 OUTPUT_SETTLE_BOUND = 0.5
 CLIENT_STOP_BOUND = 2.0
+
+# After a ^Z went to the program's terminal with no stop reported: how long,
+# and how often, to look for a stopped process below the program's own.
+TYPED_STOP_BOUND = 1.0
+TYPED_STOP_POLL = 0.05
 
 # While the client is not in the foreground of its terminal (stopped, or put
 # in the background), how often to look again before reading that terminal.
@@ -215,6 +227,8 @@ class PtyProgram:
         self.pid = job_control.program_pid if job_control is not None else process.pid
         self._job_control = job_control
         self._stopped = False
+        self._watching_typed_stop = False
+        self._nursery: trio.Nursery | None = None
         self._delivering = False
         # Whose turn at the terminal decides whether its input may be read (None: always).
         self._client_pid = client_pid
@@ -263,6 +277,7 @@ class PtyProgram:
 
     async def _relay(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._reap)
             input_scope = trio.CancelScope()
 
@@ -272,7 +287,7 @@ class PtyProgram:
 
             nursery.start_soon(relay_input)
             if self._job_control is not None:
-                nursery.start_soon(self._follow_stops, nursery)
+                nursery.start_soon(self._follow_stops)
             await self._relay_output()
             await self._exited.wait()
             # Not one more byte of the client's input: it belongs to whatever
@@ -348,7 +363,7 @@ class PtyProgram:
 
     # --- job control -----------------------------------------------------------------
 
-    async def _follow_stops(self, nursery: trio.Nursery) -> None:
+    async def _follow_stops(self) -> None:
         """Read the monitor's reports until the program has exited."""
         assert self._job_control is not None
         report = self._job_control.report
@@ -362,11 +377,40 @@ class PtyProgram:
                 return
             if not data:
                 return  # the monitor has exited
-            if data[-1:] == STOPPED and not self._stopped:
-                self._stopped = True
-                nursery.start_soon(self._suspend_client)
+            if data[-1:] == STOPPED:
+                self._program_stopped()
             elif data[-1:] == CONTINUED:
                 self._stopped = False  # continued by someone else: nothing to wait for
+
+    def _program_stopped(self) -> None:
+        if not self._stopped and self._nursery is not None:
+            self._stopped = True
+            self._nursery.start_soon(self._suspend_client)
+
+    def _typed_stop(self, data: bytes) -> bool:
+        """Whether `data`, just written, holds the terminal's suspend
+        character while it makes signals and the program's group is in front."""
+        try:
+            attributes = termios.tcgetattr(self._master)
+            in_front = os.tcgetpgrp(self._master) == self.pid
+        except (OSError, termios.error):
+            return False
+        suspend = attributes[6][termios.VSUSP]
+        if isinstance(suspend, int):
+            suspend = bytes([suspend])
+        return in_front and bool(attributes[3] & termios.ISIG) and suspend != b"\0" and suspend in data
+
+    async def _watch_typed_stop(self) -> None:
+        """A ^Z reached the program: if the monitor reports no stop, look
+        for one below the program (see stopped_below) for a moment."""
+        try:
+            deadline = trio.current_time() + TYPED_STOP_BOUND
+            while not self._stopped and not self._exited.is_set() and trio.current_time() < deadline:
+                await trio.sleep(TYPED_STOP_POLL)
+                if not self._stopped and not self._exited.is_set() and stopped_below(self.pid):
+                    self._program_stopped()
+        finally:
+            self._watching_typed_stop = False
 
     async def _suspend_client(self) -> None:
         """The program stopped: stop the client too, and continue the program
@@ -424,6 +468,11 @@ class PtyProgram:
                     # not at once (the terminal stays readable all along).
                     await trio.sleep(FOREGROUND_POLL)
                     continue
+                if self._client_pid is not None and not select.select([source.fd], [], [], 0)[0]:
+                    # The shell read what was there before the client came back
+                    # (`fg`): a read now would wait, and take what is typed to
+                    # the shell after the session.
+                    continue
                 data = await source.read_ready(INPUT_CHUNK)
                 if data is None:
                     continue
@@ -431,6 +480,14 @@ class PtyProgram:
                     await self._end_of_input()
                     return
                 await self._write_master(data)
+                if (
+                    self._job_control is not None
+                    and not self._watching_typed_stop
+                    and self._nursery is not None
+                    and self._typed_stop(data)
+                ):
+                    self._watching_typed_stop = True
+                    self._nursery.start_soon(self._watch_typed_stop)
         except (OSError, trio.ClosedResourceError):
             return  # the client's stdin failed, or the terminal went away
 
