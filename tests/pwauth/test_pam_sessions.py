@@ -50,7 +50,8 @@ def test_right_password_runs_the_command_and_the_client_exits_with_its_status(fr
     assert run.prompts == 1
     assert re.search(r"^0\r?$", run.transcript, re.M), run.transcript  # the program ran as root
     log = front.log()
-    assert re.search(rf"user={users.alice.name} uid={users.alice.uid} pid=\d+ outcome=challenged", log)
+    assert re.search(rf"user={users.alice.name} uid={users.alice.uid} pid=\d+ outcome=challenged "
+                     r'detail="no password yet, asked for one"', log), log
     assert re.search(rf"user={users.alice.name} uid={users.alice.uid} pid=\d+ outcome=accepted", log)
 
 
@@ -223,7 +224,7 @@ def test_a_secret_with_descriptors_is_answered_unauthorized(front_end, users, ru
         wire.send_with_fds(bad, lean.secret(b"anything") + wire.handshake(), [0])
         good_session(run_client, users, front)
         assert wire.describe(wire.replies(bad)) == [["Unauthorized", prompt_for("root")]]
-    front.wait_for_log(r"user=root .*outcome=challenged detail=\"a Secret came with descriptors\"")
+    front.wait_for_log(r"user=root .*outcome=challenged detail=\"a password came with descriptors; asked for it again\"")
 
 
 def test_a_truncated_secret_is_a_protocol_error(front_end, users, run_client):

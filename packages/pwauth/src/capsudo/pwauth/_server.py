@@ -190,8 +190,9 @@ class FrontEnd:
                                Error(f"uid {client.uid} has no user name, so no password can be checked"), Exit(1))
             return
         if not first.is_clean_secret:
-            why = ("a Secret came with descriptors" if first.had_descriptors
-                   else f"the first message was of type {first.type_code}, not Secret")
+            # A client asks without a password first (it may not need one): the usual case.
+            why = ("a password came with descriptors; asked for it again" if first.had_descriptors
+                   else "no password yet, asked for one")
             prompt = f"[capsudo] {client.user}@{socket.gethostname()}'s password: "
             await self._finish(client, "challenged", why, Unauthorized(prompt))
             return
