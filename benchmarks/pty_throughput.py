@@ -31,7 +31,15 @@ program's, nor the kernel's work done in the program's write calls).
 Target: capsudo's median at least 150 MB/s in both modes and at least 0.9x
 script's median in the same mode.
 
-    .venv/bin/python benchmarks/pty_throughput.py [--repeat N] [--size MiB] [--pipe]
+With --terminal, the client's output goes to a real terminal instead, read
+at a terminal's pace: `script -qfec "capsudo -S ENDPOINT -i -- COMMAND"
+/dev/null`, where the outer script's pty is the client's terminal and the
+daemon writes into it, pushed back whenever script has not read yet. Its
+baseline, interleaved with it, is `script -qfec "COMMAND" /dev/null` alone.
+Beside the rates, the daemon's CPU seconds per GB (from /proc/PID/stat) and
+the outer script's. Target: at least 0.7x script alone (issue 18).
+
+    .venv/bin/python benchmarks/pty_throughput.py [--repeat N] [--size MiB] [--pipe] [--terminal]
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from _harness import CAPSUDO, Daemon, Verdict, median, table
 TARGET_MB_S = 150.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TARGET_RATIO = 0.9
+TERMINAL_TARGET_RATIO = 0.7
 
 MODES = {
     "cooked": "head -c {size} /dev/zero",
@@ -136,16 +145,69 @@ def run_bare_pty(command: str, size: int) -> tuple[float, float]:
     return elapsed, cpu
 
 
+def run_in_terminal(command: str, size: int, pipe: bool, daemon_pid: int | None) -> tuple[float, float, float]:
+    """(seconds, CPU seconds of the outer script, of the daemon) for `command`
+    run in a terminal of script's; the daemon's is 0 without `daemon_pid`."""
+    before = _cpu_seconds(daemon_pid) if daemon_pid else 0.0
+    elapsed, script_cpu = run_once(["script", "-qfec", command, "/dev/null"], size, pipe)
+    after = _cpu_seconds(daemon_pid) if daemon_pid else 0.0
+    return elapsed, script_cpu, after - before
+
+
+def terminal_main(options: argparse.Namespace, size: int) -> int:
+    verdict = Verdict(f"interactive output into a real terminal (script's pty), {options.size} MiB per run")
+    print(f"   script's output into {'a pipe this script drains' if options.pipe else '/dev/null'}, "
+          f"{options.repeat} runs each")
+    print()
+    rows = []
+    gigabytes = size / 1e9
+    with Daemon() as daemon:
+        for mode, template in MODES.items():
+            command = template.format(size=size)
+            through = f"{CAPSUDO} -S {daemon.socket} -i -- sh -c '{command}'"
+            subjects = {
+                "capsudo -i in script": lambda: run_in_terminal(through, size, options.pipe, daemon.pid),
+                "script alone": lambda: run_in_terminal(command, size, options.pipe, None),
+            }
+            rates: dict[str, list[float]] = {name: [] for name in subjects}
+            script_costs: dict[str, list[float]] = {name: [] for name in subjects}
+            daemon_costs: dict[str, list[float]] = {name: [] for name in subjects}
+            for repetition in range(options.repeat):
+                names = list(subjects)
+                shift = repetition % len(names)
+                for name in names[shift:] + names[:shift]:
+                    elapsed, script_cpu, daemon_cpu = subjects[name]()
+                    rates[name].append(size / elapsed / 1e6)
+                    script_costs[name].append(script_cpu / gigabytes)
+                    daemon_costs[name].append(daemon_cpu / gigabytes)
+            for name, values in rates.items():
+                rows.append(
+                    [f"{mode}: {name}", f"{median(values):.0f}", f"{max(values):.0f}", f"{min(values):.0f}",
+                     f"{median(daemon_costs[name]):.2f}", f"{median(script_costs[name]):.2f}",
+                     " ".join(f"{value:.0f}" for value in values)]
+                )
+            ours, theirs = median(rates["capsudo -i in script"]), median(rates["script alone"])
+            verdict.check(
+                f"{mode}: capsudo -i >= {TERMINAL_TARGET_RATIO}x script alone",
+                f"{ours / theirs:.2f}x ({ours:.0f} / {theirs:.0f} MB/s)", ours >= TERMINAL_TARGET_RATIO * theirs,
+            )
+    print(table(["MB/s", "median", "best", "worst", "daemon CPU s/GB", "script CPU s/GB", "runs"], rows))
+    return verdict.finish()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="runs of each command in each mode (default 5)")
     parser.add_argument("--size", type=int, default=512, help="MiB written by each run (default 512)")
     parser.add_argument("--pipe", action="store_true", help="output into a drained pipe instead of /dev/null")
+    parser.add_argument("--terminal", action="store_true", help="the client's output into script's pty, beside script alone")
     options = parser.parse_args()
     if shutil.which("script") is None:
         print("util-linux's script is not installed: no baseline to compare with", file=sys.stderr)
         return 2
     size = options.size * 1024 * 1024
+    if options.terminal:
+        return terminal_main(options, size)
     verdict = Verdict(f"interactive output through the pty, {options.size} MiB per run")
     print(f"   output into {'a pipe this script drains' if options.pipe else '/dev/null'}, {options.repeat} runs each")
     print()
