@@ -37,15 +37,18 @@ class DeclaredEndpoint:
 
     name: str
     config: EndpointConfig
-    description: str = ""
     #: On a reload that removes it: let its sessions finish, rather than hang them up.
     finish_when_removed: bool = False
+
+    @property
+    def description(self) -> str:
+        return self.config.description
 
 
 def file_fields() -> tuple[str, ...]:
     """Every field an endpoint's table may hold."""
     flags = [name for name in config_fields() if name not in _SPELLED_BY_FLAGS]
-    return (*_SPELLED_BY_FLAGS.values(), "description", "when-removed", *flags)
+    return (*_SPELLED_BY_FLAGS.values(), "when-removed", *flags)
 
 
 def declared_endpoints(path: str) -> dict[str, DeclaredEndpoint]:
@@ -59,7 +62,7 @@ def declared_endpoints(path: str) -> dict[str, DeclaredEndpoint]:
 def _declared(config: ConfigFile, table: EndpointTable) -> DeclaredEndpoint:
     values: dict[str, object] = {}
     lines: dict[str, int] = {}
-    description, finish = "", False
+    finish = False
     for key, located in table.fields.items():
         where = f"{ENDPOINT_PREFIX}{table.name}.{key}"
 
@@ -70,9 +73,7 @@ def _declared(config: ConfigFile, table: EndpointTable) -> DeclaredEndpoint:
             raise wrong("not supported by this capsudod yet")
         if key in _SPELLED_BY_FLAGS:
             raise wrong(f"in a file this is `{_SPELLED_BY_FLAGS[key]}`")
-        if key == "description":
-            description = _text(located, wrong)
-        elif key == "when-removed":
+        if key == "when-removed":
             finish = _choice(located, _WHEN_REMOVED, wrong)
         elif key == "listen":
             values["endpoint"] = _text(located, wrong)
@@ -106,7 +107,7 @@ def _declared(config: ConfigFile, table: EndpointTable) -> DeclaredEndpoint:
         message = str(exc)
         line = next((lines[field] for field, label in labels.items() if message.startswith(label)), table.line)
         raise config.error(line, message) from None
-    return DeclaredEndpoint(table.name, endpoint_config, description, finish)
+    return DeclaredEndpoint(table.name, endpoint_config, finish)
 
 
 ENDPOINT_PREFIX = "endpoint."

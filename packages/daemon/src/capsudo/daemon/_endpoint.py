@@ -13,7 +13,7 @@ from functools import partial
 
 import trio
 
-from capsudo.core import EventSink, Hangup, ServedEndpoint, serve_session
+from capsudo.core import EndpointDescription, EventSink, Hangup, ServedEndpoint, serve_session
 from capsudo.transport import EndpointError, open_listener
 
 
@@ -96,8 +96,9 @@ class DaemonEndpoint:
 
     async def _serve_one(self, channel):
         config = self.config  # the one that holds as this session begins
+        about = EndpointDescription(self._called, config.description, config.describe)
         return await serve_session(channel, config.policy, config.session_limits, self._shutdown,
-                                   events=self._events, endpoint=self._called)
+                                   events=self._events, endpoint=self._called, description=about)
 
 
 def bound_address(endpoint, listener) -> str:
