@@ -61,8 +61,12 @@ def _parse(argv: list[str]):
     if "list" in values:
         if operands:
             raise UsageError(f"{labels['list']} runs nothing, so it takes no program")
-        return "list", values.get("endpoint") or default_endpoint(), tls_paths, "json" in values, \
-            values.get("describe-timeout", 5.0)
+        from capsudo.core import convert
+
+        timeout_option = next(option for option in OPTIONS if option.name == "describe-timeout")
+        timeout = convert(timeout_option, values["describe-timeout"], labels["describe-timeout"]) \
+            if "describe-timeout" in values else timeout_option.default
+        return "list", values.get("endpoint") or default_endpoint(), tls_paths, "json" in values, timeout
     for only_with_list in ("json", "describe-timeout"):
         if only_with_list in values:
             raise UsageError(f"{labels[only_with_list]} goes with -l")
