@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import IO, TYPE_CHECKING, Union
 
 from ._client_request import ClientError, ClientRequest, default_endpoint
@@ -119,7 +119,7 @@ async def _feed(fd: int, data: bytes) -> None:
             pass  # the program did not read it all: its choice
 
 
-def _connector(endpoint: str, tls: TlsOptions | None) -> Callable[[], object]:
+def _connector(endpoint: str, tls: TlsOptions | None) -> Callable[[], Awaitable[MessageChannel]]:
     from capsudo.transport import EndpointError, TlsEndpoint, TlsOptions, connect_endpoint, parse_endpoint
 
     try:
@@ -188,7 +188,7 @@ async def run_async(
                 if captures:
                     for capture in captures:
                         nursery.start_soon(capture.drain)
-                if feed is not None:
+                if feed is not None and input is not None:
                     nursery.start_soon(_feed, feed[1], input)
                     feed = (feed[0], -1)  # _feed's stream owns and closes it
                 try:
@@ -266,12 +266,12 @@ def run(
             parsed = parse_endpoint(endpoint)
         except ValueError as exc:
             raise ClientError(str(exc)) from None
-        if parsed.passes_descriptors:
+        if parsed.passes_descriptors:  # a Unix socket, whose str() is its path
             from ._unix_client import run_unix_session
 
             clock = time.monotonic()
             request = ClientRequest(words, list(env), stdio=(_fileno(stdin, 0), _fileno(stdout, 1), _fileno(stderr, 2)))
-            outcome = run_unix_session(parsed.path, request, ask_secret)
+            outcome = run_unix_session(str(parsed), request, ask_secret)
             result = CompletedSession(outcome.status, outcome.errors, duration=time.monotonic() - clock)
             if check and result.status != 0:
                 raise SessionFailed(result)
