@@ -11,7 +11,7 @@ function __capsudod_in_options
                 return 1
             case '--*=*'
             case '--*'
-                if contains -- (string sub -s 3 -- $words[1]) endpoint env owner mode tls-cert tls-key tls-ca tls-client-ca max-sessions max-sessions-per-peer max-handshakes max-handshakes-per-peer handshake-timeout max-items max-bytes hangup-grace max-frame stream-buffer user group groups directory umask timeout limit audit config
+                if contains -- (string sub -s 3 -- $words[1]) endpoint env owner mode tls-cert tls-key tls-ca tls-client-ca max-sessions max-sessions-per-peer max-handshakes max-handshakes-per-peer handshake-timeout max-items max-bytes hangup-grace max-frame stream-buffer user group groups directory umask timeout limit audit description describe config
                     set -e words[1]
                 end
             case '-?*'
@@ -55,6 +55,8 @@ complete -c capsudod -n __capsudod_in_options -l umask -x -d 'the program\'s uma
 complete -c capsudod -n __capsudod_in_options -l timeout -x -d 'the program\'s wall-clock time'
 complete -c capsudod -n __capsudod_in_options -l limit -x -d 'NAME=VALUE'
 complete -c capsudod -n __capsudod_in_options -l audit -r -F -d 'append a JSON line per event of every session to this file'
+complete -c capsudod -n __capsudod_in_options -l description -x -d 'what the endpoint is for, in a sentence'
+complete -c capsudod -n __capsudod_in_options -l describe -x -d 'full'
 complete -c capsudod -n __capsudod_in_options -l config -r -F -d 'serve the endpoints this file declares'
 complete -c capsudod -n __capsudod_in_options -l check -d 'check the file, print what it would serve, and exit'
 complete -c capsudod -n __capsudod_in_options -s h -l help -d 'show this help'
