@@ -229,5 +229,5 @@ def description_lines(info) -> list[str]:
             lines.append(f"  expires: {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(info.expires))}")
         if info.uses_left is not None:
             lines.append(f"  uses left: {info.uses_left}")
-    lines.append("  password: " + ("asked by a front-end" if info.password else "not asked"))
+    lines.append("  password asked: " + ("yes, by a front-end" if info.password else "no"))
     return lines

@@ -223,7 +223,8 @@ async def serve_session(
         called = endpoint or _local_address(channel)
         about = description if description is not None else EndpointDescription()
         if about.name is None:
-            about = dataclasses.replace(about, name=called)
+            # Named by its socket's path; a channel's description names the peer, not the endpoint.
+            about = dataclasses.replace(about, name=called if called != channel.description else None)
         await _serve(session, policy, shutdown or Hangup(), decide, called, about)
     finally:
         with trio.CancelScope(shield=True):
