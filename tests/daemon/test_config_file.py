@@ -71,3 +71,14 @@ def test_an_unreadable_or_undecodable_file_is_one_line(tmp_path):
     path.write_bytes(b'[endpoint.a]\nlisten = "/caf\xe9"\n')
     with pytest.raises(ConfigFileError, match="not UTF-8 text"):
         read_config_file(str(path))
+
+
+def test_description_and_describe_are_fields_of_the_endpoint(tmp_path):
+    from capsudo.daemon._declared import declared_endpoints
+
+    path = _write(tmp_path, '[endpoint.backup]\nlisten = "/run/cap/backup"\ndescription = "backs up /srv"\n'
+                            'describe = "name"\n')
+    backup = declared_endpoints(path)["backup"]
+    assert (backup.description, backup.config.description, backup.config.describe) == ("backs up /srv",) * 2 + ("name",)
+    with pytest.raises(ConfigFileError, match=r":4: endpoint.backup.describe takes full or name, got 'all'"):
+        declared_endpoints(_write(tmp_path, '[endpoint.backup]\nlisten = "/x"\n\ndescribe = "all"\n'))

@@ -121,3 +121,40 @@ def test_a_refusal_with_one_wording_is_recognised_by_its_text():
     assert reason_of("secret invalid").code == "secret-invalid"
     assert reason_of("secret invalid!") is None
     assert reason("busy", limit=4).text == "too many sessions (limit 4); try again later"
+
+
+def test_describe_is_alone_on_its_connection_or_after_a_secret():
+    from capsudo.proto import (DAEMON, DESCRIBING, Arg, Describe, DescribeAsked, DescribingProtocol, Refused,
+                               Secret, SessionProtocol)
+
+    alone = DescribingProtocol(DAEMON)
+    assert isinstance(alone.receive(Describe()), DescribeAsked) and alone.phase == DESCRIBING
+    with pytest.raises(ProtocolError):
+        alone.receive(Describe())  # nothing may follow it
+    after_secret = DescribingProtocol(DAEMON)
+    after_secret.receive(Secret(b"pw"))
+    assert isinstance(after_secret.receive(Describe()), DescribeAsked)
+    after_arg = DescribingProtocol(DAEMON)
+    after_arg.receive(Arg("ls"))
+    with pytest.raises(Refused, match="alone on its connection"):
+        after_arg.receive(Describe())
+    # The reference table, which the proxy follows, knows no Describe.
+    with pytest.raises(ProtocolError, match="may not send Describe"):
+        SessionProtocol(DAEMON).receive(Describe())
+
+
+def test_a_client_reads_the_description_or_a_refusal():
+    from capsudo.proto import Described, DescribingProtocol, lean
+
+    protocol = DescribingProtocol(CLIENT)
+    protocol.send(lean.DESCRIBE)
+    event = protocol.receive(type_code=lean.DESCRIPTION, payload=b'{"name": "n"}')
+    assert isinstance(event, Described) and event.fields == {"name": "n"}
+    refused = DescribingProtocol(CLIENT)
+    refused.send(lean.DESCRIBE)
+    assert isinstance(refused.receive(type_code=lean.ERROR, payload=b"unknown message type 32"), Failed)
+    assert isinstance(refused.receive(type_code=lean.EXIT, payload=lean.exit_payload(1)), Finished)
+    broken = DescribingProtocol(CLIENT)
+    broken.send(lean.DESCRIBE)
+    with pytest.raises(ProtocolError, match="not a JSON object"):
+        broken.receive(type_code=lean.DESCRIPTION, payload=b"[1]")

@@ -356,3 +356,12 @@ def test_twenty_wrong_passwords_take_at_least_forty_seconds_while_others_are_ser
     assert all(result["replies"] == REFUSED for result in report["results"])
     assert report["finished"] - report["began"] >= 40.0
     assert len(re.findall(rf"user={users.bob.name} .*outcome=refused", front.log())) == 20
+
+
+def test_capsudo_l_behind_the_front_end_asks_the_password_then_describes(front_end, users, run_client):
+    front = front_end(command=["capsudod", "--description", "echoes", "--", "/bin/echo", "described"])
+    run = run_client(users.alice, front.socket, "-l", passwords=[users.alice.password])
+    assert run.status == 0, run.transcript
+    assert run.prompts == 1
+    assert ": echoes\r\n  runs: /bin/echo described [your arguments...]" in run.transcript
+    assert "password asked: yes, by a front-end" in run.transcript

@@ -11,7 +11,7 @@ function __capsudo_in_options
                 return 1
             case '--*=*'
             case '--*'
-                if contains -- (string sub -s 3 -- $words[1]) endpoint env tls-cert tls-key tls-ca
+                if contains -- (string sub -s 3 -- $words[1]) endpoint env tls-cert tls-key tls-ca describe-timeout
                     set -e words[1]
                 end
             case '-?*'
@@ -34,6 +34,9 @@ complete -c capsudo -n __capsudo_in_options -s e -l env -x -d 'ask for an enviro
 complete -c capsudo -n __capsudo_in_options -l tls-cert -r -F -d 'this side\'s certificate chain'
 complete -c capsudo -n __capsudo_in_options -l tls-key -r -F -d 'the private key of that certificate'
 complete -c capsudo -n __capsudo_in_options -l tls-ca -r -F -d 'the CA certificate that must have signed the other side\'s'
+complete -c capsudo -n __capsudo_in_options -s l -l list -d 'print what the endpoint says it does, and run nothing'
+complete -c capsudo -n __capsudo_in_options -l json -d 'with -l'
+complete -c capsudo -n __capsudo_in_options -l describe-timeout -x -d 'with -l'
 complete -c capsudo -n __capsudo_in_options -s h -l help -d 'show this help'
 complete -c capsudo -n __capsudo_in_options -s V -l version -d 'show the version'
 complete -c capsudo -n '__capsudo_in_options; and not string match -q -- "-*" (commandline -ct)' -x -a '(__fish_complete_command)'

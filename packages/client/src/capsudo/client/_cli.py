@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import sys
 
-from capsudo.core import (DEFAULT_ENDPOINT, FLAG, LIST, ClientError, Option, UsageError, build_request,
+from capsudo.core import (DEFAULT_ENDPOINT, FLAG, LIST, SECONDS, ClientError, Option, UsageError, build_request,
                           default_endpoint, endpoint_option, read_command_line, tls_options, usage_error, usage_text)
 
 SYNOPSIS = """\
 usage: capsudo [-S endpoint] [--tls-cert F --tls-key F] [--tls-ca F] [-i|-n] [-s]
-               [-e KEY=VALUE]... [--] [program [args...]]"""
+               [-e KEY=VALUE]... [--] [program [args...]]
+       capsudo -l [--json] [-S endpoint]"""
 
 DESCRIPTION = """\
 Run a program through a capsudod endpoint, with this terminal's stdin,
@@ -34,6 +35,10 @@ OPTIONS = [
     Option("env", LIST, (), "ask for an environment entry (the endpoint may refuse it)", short="e",
            metavar="KEY=VALUE"),
     *tls_options(defaults=("$CAPSUDO_TLS_CERT", "$CAPSUDO_TLS_KEY", "$CAPSUDO_TLS_CA")),
+    Option("list", FLAG, False, "print what the endpoint says it does, and run nothing (exit status 3: it does "
+           "not describe itself)", short="l"),
+    Option("json", FLAG, False, "with -l: print it as one JSON object, for programs"),
+    Option("describe-timeout", SECONDS, 5.0, "with -l: how long to wait for the endpoint's answer", minimum=0.001),
 ]
 TLS_FIELDS = ("tls-cert", "tls-key", "tls-ca")
 
@@ -53,6 +58,18 @@ def _parse(argv: list[str]):
             raise UsageError(f"{labels['env']} takes KEY=VALUE, got {value!r}")
     # Keyed by flag, as the messages name them.
     tls_paths = {f"--{field}": values[field] for field in TLS_FIELDS if field in values}
+    if "list" in values:
+        if operands:
+            raise UsageError(f"{labels['list']} runs nothing, so it takes no program")
+        from capsudo.core import convert
+
+        timeout_option = next(option for option in OPTIONS if option.name == "describe-timeout")
+        timeout = convert(timeout_option, values["describe-timeout"], labels["describe-timeout"]) \
+            if "describe-timeout" in values else timeout_option.default
+        return "list", values.get("endpoint") or default_endpoint(), tls_paths, "json" in values, timeout
+    for only_with_list in ("json", "describe-timeout"):
+        if only_with_list in values:
+            raise UsageError(f"{labels[only_with_list]} goes with -l")
     if "shell" in values:
         operands = [os.environ.get("SHELL") or "sh", *operands]
     return values.get("endpoint") or default_endpoint(), tls_paths, interactive, env_entries, operands
@@ -118,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         from capsudo.core import command_line_status
 
         return command_line_status("capsudo", "", (parsed,))
+    if parsed[0] == "list":
+        return _list(*parsed[1:])
     endpoint, tls_paths, interactive, env_entries, program = parsed
     try:
         path = _unix_path(endpoint)
@@ -152,3 +171,63 @@ def main(argv: list[str] | None = None) -> int:
     for text in result.errors:
         _error(text)
     return result.status & 0xFF
+
+
+def _list(endpoint: str, tls_paths: dict[str, str], as_json: bool, timeout: float) -> int:
+    """`capsudo -l`: what the endpoint says it does."""
+    try:
+        if _unix_path(endpoint) is not None and tls_paths:
+            raise UsageError(f"{next(iter(tls_paths))} applies only to a tls:// endpoint")
+        tls = _tls_options(endpoint, tls_paths) if _unix_path(endpoint) is None else None
+    except UsageError as exc:
+        _error(f"{exc} (see capsudo -h)")
+        return 2
+    from capsudo.core import describe
+
+    try:
+        info = describe(endpoint, timeout=timeout, ask_secret=_ask_secret, tls=tls)
+    except ClientError as exc:
+        _error(str(exc))
+        return exc.status
+    except KeyboardInterrupt:
+        return 130
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(info.as_json(), sort_keys=True) + "\n")
+    else:
+        sys.stdout.write("".join(line + "\n" for line in description_lines(info)))
+    return 0
+
+
+def description_lines(info) -> list[str]:
+    """An endpoint's description for people, in the manner of `sudo -l`."""
+    import shlex
+
+    lines = [f"{info.name or 'this endpoint'}: {info.description or '(no description)'}"]
+    if info.detail != "full":
+        lines.append("  (the operator lets it tell nothing more)")
+    else:
+        command = shlex.join(info.command or [])
+        lines.append({
+            "pinned": f"  runs exactly: {command} (your arguments are ignored)",
+            "prefix": f"  runs: {command} [your arguments...]",
+        }.get(info.arguments or "", "  runs: the program you name"))
+        if info.program:
+            lines.append(f"  program: {info.program}")
+        if info.user:
+            lines.append(f"  as user: {info.user}")
+        pinned = ", ".join(name if value is None else f"{name}={value}"
+                           for name, value in (info.environment or {}).items())
+        yours = "your -e entries count" if info.client_environment else "your -e entries are ignored"
+        lines.append(f"  environment: {yours}" + (f"; pinned: {pinned}" if pinned else ""))
+        if info.approval:
+            lines.append("  approval: a person approves each session")
+        if info.expires is not None:
+            import time
+
+            lines.append(f"  expires: {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(info.expires))}")
+        if info.uses_left is not None:
+            lines.append(f"  uses left: {info.uses_left}")
+    lines.append("  password asked: " + ("yes, by a front-end" if info.password else "no"))
+    return lines

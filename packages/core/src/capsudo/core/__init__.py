@@ -81,6 +81,19 @@ __all__ = [
     "run_endpoint_session",
     "run_lean_channel_session",
     "run",
+    "run_async",
+    "describe",
+    "describe_async",
+    "CompletedSession",
+    "SessionFailed",
+    "DEFAULT_MAX_OUTPUT",
+    "TlsOptions",
+    "EndpointInfo",
+    "NotDescribed",
+    "NOT_DESCRIBED_STATUS",
+    "EndpointDescription",
+    "description_fields",
+    "description_options",
     "serve_session",
     "Hangup",
     # serving endpoints
@@ -145,7 +158,12 @@ _HOME = {
     "run_unix_session": "._unix_client",
     "run_endpoint_session": "._channel_client",
     "run_lean_channel_session": "._lean_channel_client",
-    "run": "._library",
+    **dict.fromkeys(["run", "run_async", "describe", "describe_async", "CompletedSession", "SessionFailed",
+                     "DEFAULT_MAX_OUTPUT"], "._library"),
+    "TlsOptions": "._tls",
+    **dict.fromkeys(["EndpointInfo", "NotDescribed", "NOT_DESCRIBED_STATUS"], "._describe_client"),
+    **dict.fromkeys(["EndpointDescription", "description_fields"], "._description"),
+    "description_options": "._option_groups",
     "serve_session": "._daemon_session",
     **dict.fromkeys(["serve", "ServedEndpoint", "stop_on_signals", "hold_stop_signals", "STOP_SIGNALS", "AcceptBackoff", "Logger"],
                     "._serving"),
@@ -179,7 +197,12 @@ if TYPE_CHECKING:
     from ._events import (Accepted, Decided, Ended, EventSink, Requested, SessionEvent, SessionRecord,
                           Started)
     from ._handshake import Request, daemon_protocol, read_request
-    from ._library import run
+    from ._library import (DEFAULT_MAX_OUTPUT, CompletedSession, SessionFailed, describe, describe_async, run,
+                           run_async)
+    from ._tls import TlsOptions
+    from ._describe_client import NOT_DESCRIBED_STATUS, EndpointInfo, NotDescribed
+    from ._description import EndpointDescription, description_fields
+    from ._option_groups import description_options
     from ._limits import ConnectionLimits, SessionLimits
     from ._options import UsageError, number_option, parse_options
     from ._option_table import BYTES, FLAG, INTEGER, LIST, SECONDS, TEXT, Labels, Option, command_line_status, convert, parse_or_status, read_command_line, usage_error, usage_text

@@ -70,11 +70,17 @@ def _link_failure(what: str, exc: BaseException) -> ClientError:
     return ClientError(f"{what}: {text}")
 
 
-async def run_channel_session(connect: Connect, request: ClientRequest, flow: PasswordFlow) -> SessionResult:
+async def run_channel_session(connect: Connect, request: ClientRequest, flow: PasswordFlow,
+                              watch_signals: bool = True) -> SessionResult:
+    """The session, reconnecting as the password flow says.
+
+    `watch_signals` relays window changes and ends the session on a fatal
+    signal, as a command does; a library call (any thread) watches none.
+    """
     while True:
         errors: list[str] = []
         try:
-            status = await _one_connection(connect, request, flow.secret, errors)
+            status = await _one_connection(connect, request, flow.secret, errors, watch_signals)
         except PasswordRequired as challenge:
             flow.challenged(challenge.prompt)
             continue
@@ -145,7 +151,8 @@ def _raw_again(fd: int) -> None:
         pass  # the terminal is gone: nothing to set
 
 
-async def _one_connection(connect: Connect, request: ClientRequest, secret: bytes | None, errors: list[str]) -> int:
+async def _one_connection(connect: Connect, request: ClientRequest, secret: bytes | None, errors: list[str],
+                          watch_signals: bool = True) -> int:
     channel = await connect()
     protocol = SessionProtocol(CLIENT)
     async with channel:
@@ -158,6 +165,8 @@ async def _one_connection(connect: Connect, request: ClientRequest, secret: byte
                 await _send_request(channel, protocol, request, secret)
             except (trio.BrokenResourceError, OSError) as exc:
                 raise _link_failure("connection lost during the handshake", exc) from None
+            if not watch_signals:
+                return await _await_status(channel, protocol, errors)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_relay_signals, channel, protocol, request)

@@ -8,6 +8,7 @@ to an event sink, as events that carry the session's id.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import time
 from collections.abc import Iterator
@@ -15,11 +16,13 @@ from contextlib import contextmanager
 
 import trio
 
-from capsudo.proto import Error, Exit, ProtocolError, Refused, Resized, SessionProtocol, reason
+from capsudo.proto import (DESCRIBING, Description, DescribingProtocol, Error, Exit, ProtocolError, Refused, Resized,
+                           SessionProtocol, reason)
 from capsudo.transport import MessageChannel
 
 from ._child_setup import PreparedChild, prepared_child
 from ._decision import Allow, Asked, Decision, attenuating
+from ._description import EndpointDescription, description_fields
 from ._events import (Accepted, Decided, Ended, EventSink, Requested, SessionEvent, SessionRecord, Started,
                       env_names, new_session_id)
 from ._handshake import Request, daemon_protocol, read_request
@@ -193,8 +196,9 @@ async def serve_session(
     *,
     decide: Decision = attenuating,
     events: EventSink | None = None,
-    protocol: type[SessionProtocol] = SessionProtocol,
+    protocol: type[SessionProtocol] = DescribingProtocol,
     endpoint: str | None = None,
+    description: EndpointDescription | None = None,
 ) -> SessionRecord:
     """Serve one client to its end; never raises for anything the client did.
 
@@ -204,6 +208,8 @@ async def serve_session(
     subclass may know more messages; the channel must decode them).
     `endpoint` is the endpoint's name the program reads in CAPSUDO_ENDPOINT
     (default: the socket path it was accepted on, else the channel's description).
+    `description` is what the endpoint tells a client that asks what it does
+    (default: everything its policy says, under the name `endpoint`).
     """
     record = SessionRecord()
 
@@ -216,7 +222,12 @@ async def serve_session(
     clock = time.monotonic()
     emit(Accepted(session.id, channel.peer, channel.description))
     try:
-        await _serve(session, policy, shutdown or Hangup(), decide, endpoint or _local_address(channel))
+        called = endpoint or _local_address(channel)
+        about = description if description is not None else EndpointDescription()
+        if about.name is None:
+            # Named by its socket's path; a channel's description names the peer, not the endpoint.
+            about = dataclasses.replace(about, name=called if called != channel.description else None)
+        await _serve(session, policy, shutdown or Hangup(), decide, called, about)
     finally:
         with trio.CancelScope(shield=True):
             await channel.aclose()
@@ -246,7 +257,8 @@ async def _refuse(session: _Session, text: str, status: int) -> None:
     await _send_quietly(session.channel, Error(text), Exit(status))
 
 
-async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: Decision, endpoint: str) -> None:
+async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: Decision, endpoint: str,
+                 about: EndpointDescription) -> None:
     channel, limits = session.channel, session.limits
     try:
         with trio.fail_after(limits.handshake_timeout):
@@ -261,6 +273,11 @@ async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: De
         return
     if request is None:
         session.outcome = "client left before End"
+        return
+    if session.protocol.phase == DESCRIBING:
+        request.close_fds()
+        session.outcome = "described"
+        await _send_quietly(channel, Description(description_fields(about, policy)))
         return
 
     try:

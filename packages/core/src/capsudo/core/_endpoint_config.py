@@ -45,6 +45,13 @@ class EndpointConfig:
     #: Files that get a JSON line per event of every session.
     audit: tuple[str, ...] = ()
     lifetime: Lifetime = Lifetime()
+    #: What the endpoint is for, told to a client that asks (capsudo -l).
+    description: str = ""
+    #: How much it tells: "full", or "name" (its name and description only).
+    describe: str = "full"
+
+
+DESCRIBE_CHOICES = ("full", "name")
 
 
 def _python_name(field_name: str) -> str:
@@ -96,9 +103,12 @@ def build_config(values: Mapping[str, object], labels: Mapping[str, str] | None 
                                       if key in typed})
 
     address, tls, owner, mode = _listening(typed, name)
+    describe = typed.get("describe", "full")
+    if describe not in DESCRIBE_CHOICES:
+        raise UsageError(f"{name('describe')} takes full or name, got {describe!r}")
     return EndpointConfig(address, tls, owner, mode, bool(typed.get("allow-unsafe-directory")), policy,
                           session_limits, connection_limits, channel_limits, tuple(typed.get("audit", ())),
-                          _lifetime(typed, name))
+                          _lifetime(typed, name), str(typed.get("description", "")), describe)
 
 
 def _lifetime(typed: Mapping[str, object], name) -> Lifetime:

@@ -7,7 +7,7 @@ which the protocol, doing no I/O, never holds.
 
 from __future__ import annotations
 
-from capsudo.proto import DAEMON, Configured, HandshakeLimits, Refused, SessionProtocol, reason
+from capsudo.proto import DAEMON, Configured, DescribeAsked, HandshakeLimits, Refused, SessionProtocol, reason
 from capsudo.proto import Request as _ProtocolRequest
 from capsudo.transport import MessageChannel, close_fds
 
@@ -33,7 +33,7 @@ def daemon_protocol(limits: SessionLimits, protocol: type[SessionProtocol] = Ses
 
 
 async def read_request(channel: MessageChannel, protocol: SessionProtocol) -> Request | None:
-    """Read the configuration up to End; None when the client left before End.
+    """Read the configuration up to End (or a Describe); None when the client left before End.
 
     Everything before End counts against the protocol's byte limit, and the
     channel refuses a message too large for what is left before reading it.
@@ -59,6 +59,9 @@ async def read_request(channel: MessageChannel, protocol: SessionProtocol) -> Re
                 if (fault := descriptor_fault(request.fds)) is not None:
                     raise Refused(reason("descriptor-rights", why=fault))
             if isinstance(event, Configured):
+                handshake_finished()
+                return request
+            if isinstance(event, DescribeAsked):  # the protocol's phase says so to the caller
                 handshake_finished()
                 return request
     except BaseException:

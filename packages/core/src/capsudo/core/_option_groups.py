@@ -161,6 +161,19 @@ def run_as_options() -> list[Option]:
     ]
 
 
+DESCRIBE_SECTION = "what the endpoint tells a client that asks (capsudo -l)"
+
+
+def description_options() -> list[Option]:
+    section = DESCRIBE_SECTION
+    return [
+        Option("description", TEXT, "", "what the endpoint is for, in a sentence", metavar="TEXT", section=section,
+               default_text="none"),
+        Option("describe", TEXT, "full", "full: its name, description, pins, environment names and program; "
+               "name: its name and description only", metavar="full|name", section=section),
+    ]
+
+
 def daemon_options() -> list[Option]:
     """capsudod's table: every field of an endpoint's configuration, in -h order."""
     return [
@@ -176,6 +189,7 @@ def daemon_options() -> list[Option]:
         *channel_limit_options(),
         *run_as_options(),
         *lifetime_options(),
+        *description_options(),
     ]
 
 

@@ -40,17 +40,20 @@ class DeclaredEndpoint:
 
     name: str
     config: EndpointConfig
-    description: str = ""
     #: On a reload that removes it: let its sessions finish, rather than hang them up.
     finish_when_removed: bool = False
     #: Further places it is offered (`expose`): its configuration, listening elsewhere.
     exposures: tuple[EndpointConfig, ...] = ()
 
+    @property
+    def description(self) -> str:
+        return self.config.description
+
 
 def file_fields() -> tuple[str, ...]:
     """Every field an endpoint's table may hold."""
     flags = [name for name in config_fields() if name not in _SPELLED_BY_FLAGS]
-    return (*_SPELLED_BY_FLAGS.values(), "description", "when-removed", "expose", *flags)
+    return (*_SPELLED_BY_FLAGS.values(), "when-removed", "expose", *flags)
 
 
 def declared_endpoints(path: str) -> dict[str, DeclaredEndpoint]:
@@ -64,7 +67,7 @@ def declared_endpoints(path: str) -> dict[str, DeclaredEndpoint]:
 def _declared(config: ConfigFile, table: EndpointTable) -> DeclaredEndpoint:
     values: dict[str, object] = {}
     lines: dict[str, int] = {}
-    description, finish, expose = "", False, None
+    finish, expose = False, None
     for key, located in table.fields.items():
         where = f"{ENDPOINT_PREFIX}{table.name}.{key}"
 
@@ -75,9 +78,7 @@ def _declared(config: ConfigFile, table: EndpointTable) -> DeclaredEndpoint:
             raise wrong("not supported by this capsudod yet")
         if key in _SPELLED_BY_FLAGS:
             raise wrong(f"in a file this is `{_SPELLED_BY_FLAGS[key]}`")
-        if key == "description":
-            description = _text(located, wrong)
-        elif key == "expose":
+        if key == "expose":
             expose = located
         elif key == "when-removed":
             finish = _choice(located, _WHEN_REMOVED, wrong)
@@ -114,7 +115,7 @@ def _declared(config: ConfigFile, table: EndpointTable) -> DeclaredEndpoint:
         line = next((lines[field] for field, label in labels.items() if message.startswith(label)), table.line)
         raise config.error(line, message) from None
     exposures = _exposures(config, table, values, expose) if expose is not None else ()
-    return DeclaredEndpoint(table.name, endpoint_config, description, finish, exposures)
+    return DeclaredEndpoint(table.name, endpoint_config, finish, exposures)
 
 
 def _exposures(config: ConfigFile, table: EndpointTable, values: dict, expose: Located) -> tuple[EndpointConfig, ...]:

@@ -22,9 +22,9 @@ from functools import partial
 
 import trio
 
-from capsudo.core import (Accepted, Allow, Asked, Decided, Ended, EventSink, Hangup, Refuse, ServedEndpoint,
-                          SessionEvent, Started, attenuating, expired_reason, revoked_reason, rfc3339, serve_session,
-                          spent_reason)
+from capsudo.core import (Accepted, Allow, Asked, Decided, EndpointDescription, Ended, EventSink, Hangup, Refuse,
+                          ServedEndpoint, SessionEvent, Started, attenuating, expired_reason, revoked_reason, rfc3339,
+                          serve_session, spent_reason)
 from capsudo.transport import EndpointError, open_listener
 
 
@@ -237,8 +237,11 @@ class DaemonEndpoint:
 
     async def _serve_one(self, channel):
         config = self.config  # the one that holds as this session begins
+        about = EndpointDescription(self._called, config.description, config.describe,
+                                    expires=self.expires_at, uses_left=self.uses_left)
         return await serve_session(channel, config.policy, config.session_limits, self._shutdown,
-                                   decide=self._decide, events=self._event, endpoint=self._called)
+                                   decide=self._decide, events=self._event, endpoint=self._called,
+                                   description=about)
 
 
 async def _listen(config, log: Callable[[str], None], *, exposed: bool = False):

@@ -16,7 +16,7 @@ import socket
 import trio
 
 from capsudo.core import (STOP_SIGNALS, EndpointConfig, EventSink, Hangup, Logger, Policy, hold_stop_signals,
-                          serve_session, stop_on_signals)
+                          serve_session, stop_on_signals, EndpointDescription)
 from capsudo.transport import (ActivationError, EndpointError, UnixChannel, activated_sockets, adopt_listener,
                                notify_ready)
 
@@ -118,6 +118,8 @@ async def serve_stdin(config: EndpointConfig, events: EventSink | None) -> None:
                     return
 
             nursery.start_soon(hang_up_on_signal)
-            record = await serve_session(channel, config.policy, limits, shutdown, events=events)
+            about = EndpointDescription(None, config.description, config.describe)
+            record = await serve_session(channel, config.policy, limits, shutdown, events=events,
+                                         description=about)
             nursery.cancel_scope.cancel()
     log(str(record))

@@ -56,6 +56,13 @@ __all__ = [
     "DAEMON",
     "handshake",
     "HandshakeBudget",
+    # the describe extension
+    "Describe",
+    "Description",
+    "DescribingProtocol",
+    "DescribeAsked",
+    "Described",
+    "DESCRIBING",
     # multiplexer frames
     "FrameKind",
     "Direction",
@@ -73,14 +80,15 @@ _HOME = {
     "__version__": "._version",
     **dict.fromkeys(
         ["MessageType", "SessionKind", "Message", "Arg", "Env", "Exit", "Fd", "SessionType",
-         "Error", "Secret", "Unauthorized", "Winsize", "End", "MESSAGE_CLASSES", "encode_message", "decode_header"],
+         "Error", "Secret", "Unauthorized", "Winsize", "End", "Describe", "Description", "MESSAGE_CLASSES", "encode_message", "decode_header"],
         "._messages",
     ),
     "ControlDecoder": "._control",
     "HandshakeBudget": "._budget",
     **dict.fromkeys(
         ["SessionProtocol", "HandshakeLimits", "Request", "Reason", "Refused", "reason", "reason_of",
-         "Configured", "Resized", "Failed", "Challenged", "Finished", "CLIENT", "DAEMON", "handshake"],
+         "Configured", "Resized", "Failed", "Challenged", "Finished", "CLIENT", "DAEMON", "handshake",
+         "DescribingProtocol", "DescribeAsked", "Described", "DESCRIBING"],
         "._session",
     ),
     **dict.fromkeys(
@@ -103,7 +111,8 @@ if TYPE_CHECKING:
     from ._frames import (ControlFrame, Direction, FdsFrame, Frame, FrameDecoder, FrameKind,
                           StreamClose, StreamData, encode_data_header, encode_frame)
     from ._session import (CLIENT, DAEMON, Challenged, Configured, Failed, Finished, HandshakeLimits, Reason,
-                           Refused, Request, Resized, SessionProtocol, handshake, reason, reason_of)
-    from ._messages import (MESSAGE_CLASSES, Arg, End, Env, Error, Exit, Fd, Message, MessageType, Secret,
+                           Refused, Request, Resized, SessionProtocol, handshake, reason, reason_of,
+                           DESCRIBING, DescribeAsked, Described, DescribingProtocol)
+    from ._messages import (MESSAGE_CLASSES, Arg, Describe, Description, End, Env, Error, Exit, Fd, Message, MessageType, Secret,
                             SessionKind, SessionType, Unauthorized, Winsize, decode_header,
                             encode_message)

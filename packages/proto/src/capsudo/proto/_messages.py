@@ -196,11 +196,52 @@ class End:
         return cls()
 
 
-Message = Union[Arg, Env, Exit, Fd, SessionType, Error, Secret, Unauthorized, Winsize, End]
+@dataclass(frozen=True, slots=True)
+class Describe:
+    """An extension: the client asks what the endpoint does, alone on its connection."""
+
+    type: ClassVar[int] = lean.DESCRIBE
+
+    def payload(self) -> bytes:
+        return b""
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> Describe:
+        if payload:
+            raise ProtocolError("Describe carries no payload")
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class Description:
+    """An extension: the daemon's answer to Describe, a JSON object (docs/protocol.md, "Extensions")."""
+
+    fields: dict
+    type: ClassVar[int] = lean.DESCRIPTION
+
+    def payload(self) -> bytes:
+        import json
+
+        return json.dumps(self.fields, sort_keys=True).encode()
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> Description:
+        import json
+
+        try:
+            fields = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise ProtocolError("Description is not a JSON object") from None
+        if not isinstance(fields, dict):
+            raise ProtocolError("Description is not a JSON object")
+        return cls(fields)
+
+
+Message = Union[Arg, Env, Exit, Fd, SessionType, Error, Secret, Unauthorized, Winsize, End, Describe, Description]
 
 MESSAGE_CLASSES: dict[int, type] = {
     cls.type: cls
-    for cls in (Arg, Env, Exit, Fd, SessionType, Error, Secret, Unauthorized, Winsize, End)
+    for cls in (Arg, Env, Exit, Fd, SessionType, Error, Secret, Unauthorized, Winsize, End, Describe, Description)
 }
 
 

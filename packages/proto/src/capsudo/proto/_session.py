@@ -346,3 +346,55 @@ def handshake(request, secret: bytes | None) -> Iterator[tuple[int, bytes]]:
         yield lean.WINSIZE, lean.winsize_payload(*request.winsize)
     yield lean.FD, lean.fd_payload(STDIO_COUNT)
     yield lean.END, b""
+
+
+# The describe extension (docs/protocol.md, "Extensions"): a connection of its
+# own that carries Describe (after a Secret, behind a password front-end) and
+# gets one Description back, or a reference peer's refusal.
+
+DESCRIBING = "describing"
+
+REASONS["describe-alone"] = "Describe must be alone on its connection (a Secret may precede it)"
+
+
+class DescribeAsked:
+    """A client asked what the endpoint does."""
+
+    __slots__ = ()
+
+
+class Described:
+    """The endpoint's description, as the daemon sent it (a JSON object)."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict) -> None:
+        self.fields = fields
+
+
+class DescribingProtocol(SessionProtocol):
+    """The session protocol, and the describe extension: what our daemon and `capsudo -l` speak."""
+
+    RULES = {
+        **RULES,
+        (CLIENT, CONFIGURING, lean.DESCRIBE): (DESCRIBING, "describe"),
+        (DAEMON, DESCRIBING, lean.DESCRIPTION): (FINISHED, "description"),
+        (DAEMON, DESCRIBING, lean.ERROR): (DESCRIBING, "error"),
+        (DAEMON, DESCRIBING, lean.EXIT): (FINISHED, "exit"),
+        (DAEMON, DESCRIBING, lean.UNAUTHORIZED): (CHALLENGED, "challenge"),
+    }
+    # Nothing may follow a Describe: the daemon answers and closes.
+    STRICT = STRICT | {(CLIENT, DESCRIBING)}
+
+    def _on_describe(self, message, payload):
+        alone = self._messages == 1 or (self._messages == 2 and self.request.secret is not None)
+        if not alone:
+            raise Refused(reason("describe-alone"))
+        return DescribeAsked()
+
+    def _on_description(self, message, payload):
+        if message is None:
+            from ._messages import Description
+
+            message = Description.from_payload(payload)
+        return Described(message.fields)

@@ -21,8 +21,12 @@ HEADER_SIZE = HEADER.size
 
 ARG, ENV, EXIT, FD, SESSION_TYPE, ERROR, SECRET, UNAUTHORIZED, WINSIZE, END = 1, 2, 3, 4, 5, 6, 7, 8, 9, 255
 KNOWN_TYPES = frozenset((ARG, ENV, EXIT, FD, SESSION_TYPE, ERROR, SECRET, UNAUTHORIZED, WINSIZE, END))
+# Our extension (docs/protocol.md, "Extensions"): asked and answered only
+# on a connection of its own, so the reference peers never meet them in a session.
+DESCRIBE, DESCRIPTION = 32, 33
 NAMES = {ARG: "Arg", ENV: "Env", EXIT: "Exit", FD: "Fd", SESSION_TYPE: "SessionType", ERROR: "Error",
-         SECRET: "Secret", UNAUTHORIZED: "Unauthorized", WINSIZE: "Winsize", END: "End"}
+         SECRET: "Secret", UNAUTHORIZED: "Unauthorized", WINSIZE: "Winsize", END: "End",
+         DESCRIBE: "Describe", DESCRIPTION: "Description"}
 AUTO, INTERACTIVE, NON_INTERACTIVE = 1, 2, 3
 
 _U32 = struct.Struct("<I")

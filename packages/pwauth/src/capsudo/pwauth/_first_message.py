@@ -22,6 +22,11 @@ from capsudo.proto import ProtocolError, lean
 _ANCILLARY_SPACE = socket.CMSG_SPACE(8 * array.array("i").itemsize)
 
 
+# A Describe is challenged like a session: the description comes after the
+# password, from the daemon, which then reads the Describe from this socket.
+FIRST_TYPES = lean.KNOWN_TYPES | {lean.DESCRIBE}
+
+
 def wipe(buffer: bytearray) -> None:
     """Overwrite a secret in place (the same memory, not a new object)."""
     buffer[:] = bytes(len(buffer))
@@ -74,7 +79,7 @@ async def read_first_message(sock: trio.socket.SocketType, max_secret: int) -> F
                 return None
             raise ProtocolError("the connection closed in the middle of a message")
         header += data
-    type_code, length = lean.parse_header(bytes(header))
+    type_code, length = lean.parse_header(bytes(header), known=FIRST_TYPES)
     first = FirstMessage(type_code, length, had_descriptors)
     if type_code != lean.SECRET or had_descriptors or length == 0 or length > max_secret:
         return first
