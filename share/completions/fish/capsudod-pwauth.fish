@@ -11,7 +11,7 @@ function __capsudod_pwauth_in_options
                 return 1
             case '--*=*'
             case '--*'
-                if contains -- (string sub -s 3 -- $words[1]) endpoint owner mode service handshake-timeout fail-delay max-failures failure-window pam-timeout max-pam-threads max-clients max-clients-per-user shutdown-grace
+                if contains -- (string sub -s 3 -- $words[1]) endpoint owner mode service remember handshake-timeout fail-delay max-failures failure-window pam-timeout max-pam-threads max-clients max-clients-per-user shutdown-grace
                     set -e words[1]
                 end
             case '-?*'
@@ -31,6 +31,7 @@ complete -c capsudod-pwauth -n __capsudod_pwauth_in_options -s o -l owner -x -a 
 complete -c capsudod-pwauth -n __capsudod_pwauth_in_options -s m -l mode -x -d 'octal permissions of the socket'
 complete -c capsudod-pwauth -n __capsudod_pwauth_in_options -l allow-unsafe-directory -d 'put the socket in a directory that another user owns or that group or others may write'
 complete -c capsudod-pwauth -n __capsudod_pwauth_in_options -l service -x -a '(command ls /etc/pam.d 2>/dev/null)' -d 'PAM service, /etc/pam.d/NAME must exist'
+complete -c capsudod-pwauth -n __capsudod_pwauth_in_options -l remember -x -d 'after a right password, let the same uid on the same terminal session in without asking for this long'
 complete -c capsudod-pwauth -n __capsudod_pwauth_in_options -l handshake-timeout -x -d 'time a client has to send its first message'
 complete -c capsudod-pwauth -n __capsudod_pwauth_in_options -l fail-delay -x -d 'time from the start of a failed check to the reply'
 complete -c capsudod-pwauth -n __capsudod_pwauth_in_options -l max-failures -x -d 'failures within the window that lock a user out'

@@ -1,4 +1,4 @@
-"""`capsudod-pwauth -S endpoint [-o user[:group]] [-m mode] [--service NAME] [limits] [--] [command [args...]]`"""
+"""`capsudod-pwauth -S endpoint [-o user[:group]] [-m mode] [--service NAME] [--remember DURATION] [limits] [--] [command [args...]]`"""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ._settings import DEFAULT_SERVICE, FrontEndSettings
 
 SYNOPSIS = """\
 usage: capsudod-pwauth -S endpoint [-o user[:group]] [-m mode] [--service NAME]
-                       [limits] [--] [command [args...]]"""
+                       [--remember DURATION] [limits] [--] [command [args...]]"""
 
 DESCRIPTION = """\
 Ask whoever connects for their own password, check it through PAM, and
@@ -31,6 +31,9 @@ def pwauth_options() -> list[Option]:
         endpoint_option("listen on this Unix socket (a path or unix:///path)"),
         *socket_options("the socket"),
         Option("service", TEXT, DEFAULT_SERVICE, "PAM service, /etc/pam.d/NAME must exist", metavar="NAME"),
+        Option("remember", SECONDS, defaults.remember, "after a right password, let the same uid on the same "
+               "terminal session in without asking for this long", metavar="DURATION",
+               default_text="0, ask every time"),
         handshake_timeout_option().replace(help="time a client has to send its first message"),
         Option("fail-delay", SECONDS, defaults.fail_delay, "time from the start of a failed check to the reply; "
                "checks for one user run one at a time", section=section),

@@ -6,6 +6,8 @@ client or one that leaves mid-check holds up nobody else. Checks for one
 user run one at a time and a failure is answered only once the failure
 delay has passed since the check began, so guessing in parallel gains
 nothing; the failure record locks a user out after repeated failures.
+With --remember, a caller on a terminal whose ticket is still valid is
+handed over without a password, its first message left unread.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from capsudo.core import ConnectionLimits, ServedEndpoint, stop_on_signals
-from capsudo.proto import Error, Exit, Message, ProtocolError, Unauthorized, reason
+from capsudo.proto import Error, Exit, Message, ProtocolError, Unauthorized, lean, reason
 from capsudo.transport import EndpointError, UnixChannel, open_unix_listener
 
 from ._chain import ChainError, output_descriptor, start_chained
@@ -31,6 +33,7 @@ from ._first_message import _ANCILLARY_SPACE, _close_descriptors, read_first_mes
 from ._pam import Outcome, Verdict, check_secret
 from ._settings import FrontEndSettings
 from ._throttle import FailureRecord
+from ._tickets import Terminal, Tickets, peer_pidfd_supported, terminal_of
 
 # How long a reply may take to leave, and how long we keep reading what the
 # client sent after its first message before closing: closing with unread
@@ -69,6 +72,18 @@ def _peer_hung_up(sock: trio.socket.SocketType) -> bool:
     return any(events & select.POLLHUP for _, events in poller.poll(0))
 
 
+async def _peek_type(sock: trio.socket.SocketType) -> int | None:
+    """The type of the first message, leaving every byte (and descriptor) queued; None if the peer closed."""
+    while True:
+        # No room for control data: descriptors stay queued for the chained command.
+        header = await sock.recv(lean.HEADER_SIZE, socket.MSG_PEEK)
+        if not header:
+            return None
+        if len(header) == lean.HEADER_SIZE:
+            return lean.parse_header(header)[0]
+        await trio.sleep(0.01)  # a header split across writes: rare, and bounded by the handshake timeout
+
+
 class UserTurns:
     """One password check at a time per user, the failure delay included."""
 
@@ -99,6 +114,8 @@ class Client:
         self.uid = channel.peer.uid
         self.pid = channel.peer.pid
         self.user = user
+        # Its terminal session, when tickets are kept and it has one.
+        self.terminal: Terminal | None = None
 
     def __str__(self) -> str:
         return f"user={self.user or '?'} uid={self.uid} pid={self.pid}"
@@ -110,6 +127,7 @@ class FrontEnd:
         self._check_secret = check
         self._failures = FailureRecord(settings.max_failures, settings.failure_window)
         self._turns = UserTurns()
+        self._tickets = Tickets(settings.remember) if settings.remember > 0 else None
         self._pam_threads = trio.CapacityLimiter(settings.max_pam_threads)
         self._output_fd = output_descriptor()
         self._chained_nursery: trio.Nursery | None = None
@@ -160,9 +178,14 @@ class FrontEnd:
 
     async def _serve_client(self, channel: UnixChannel) -> None:
         client = Client(channel, await self._lookup_user(channel.peer.uid))
+        if self._tickets is not None and client.user is not None:
+            client.terminal = terminal_of(channel.socket, client.pid, client.uid)
+        remembered = None
         try:
             with trio.move_on_after(self.settings.handshake_timeout) as timer:
-                first = await read_first_message(channel.socket, self.settings.max_secret)
+                remembered = await self._remembered(client)
+                if remembered is None:
+                    first = await read_first_message(channel.socket, self.settings.max_secret)
         except ProtocolError as exc:
             await self._finish(client, "bad-message", str(exc), Error(f"protocol error: {exc}"), Exit(1))
             return
@@ -174,6 +197,9 @@ class FrontEnd:
             await self._finish(client, "timeout", f"no first message within {timeout:g} s",
                                Error(f"no message within {timeout:g} s"), Exit(1))
             return
+        if remembered is not None:
+            await self._hand_over(client, remembered, outcome="remembered")
+            return
         if first is None:
             self._record(client, "closed", "the client closed without sending anything")
             return
@@ -183,6 +209,19 @@ class FrontEnd:
         finally:
             if secret is not None:
                 wipe(secret)
+
+    async def _remembered(self, client: Client) -> str | None:
+        """Why a caller goes through without a password (its terminal has a
+        ticket and it sends no Secret), or None."""
+        if client.terminal is None:
+            return None
+        left = self._tickets.left(client.terminal, trio.current_time())
+        if left <= 0:
+            return None
+        type_code = await _peek_type(client.channel.socket)
+        if type_code is None or type_code == lean.SECRET:
+            return None  # read and checked as ever: a Secret is never passed on
+        return f"a ticket for {client.terminal}, {math.ceil(left)} s left"
 
     async def _answer(self, client: Client, first, secret: bytearray | None) -> None:
         if client.user is None:
@@ -209,6 +248,10 @@ class FrontEnd:
         if verdict.messages:
             detail += " (" + " / ".join(verdict.messages) + ")"
         if verdict.outcome is Outcome.ACCEPTED:
+            if client.terminal is not None:
+                # From the check, not the hand-over: the window starts when the password was right.
+                self._tickets.issue(client.terminal, trio.current_time())
+                detail += f"; remembered for {client.terminal}"
             await self._hand_over(client, detail)
             return
         await self._finish(client, verdict.outcome.value, detail, Error(self._refusal_text(client, verdict)), Exit(1))
@@ -253,20 +296,20 @@ class FrontEnd:
                 await trio.sleep_until(started + max(settings.fail_delay, verdict.requested_delay))
         return verdict
 
-    async def _hand_over(self, client: Client, detail: str) -> None:
+    async def _hand_over(self, client: Client, detail: str, outcome: str = "accepted") -> None:
         channel = client.channel
         if _peer_hung_up(channel.socket):
-            self._record(client, "accepted", f"{detail}; the client left before the hand-over")
+            self._record(client, outcome, f"{detail}; the client left before the hand-over")
             return
         try:
             process = await start_chained(self.settings.command, channel.socket.fileno(), self._output_fd)
         except ChainError as exc:
-            await self._finish(client, "accepted", f"{detail}; {exc}", Error(str(exc)), Exit(1))
+            await self._finish(client, outcome, f"{detail}; {exc}", Error(str(exc)), Exit(1))
             return
         self.running.add(process)
         assert self._chained_nursery is not None
         self._chained_nursery.start_soon(self._watch, process, str(client))
-        self._record(client, "accepted", f"{detail}; {self.settings.command[0]} pid={process.pid}")
+        self._record(client, outcome, f"{detail}; {self.settings.command[0]} pid={process.pid}")
 
     async def _watch(self, process: trio.Process, who: str) -> None:
         try:
@@ -342,6 +385,11 @@ async def run_front_end(settings: FrontEndSettings) -> int:
     if os.geteuid() != 0:
         log("warning: not running as root; PAM can check only this process's own user")
     log(f"listening on {listener.path}: PAM service {settings.service!r}, then {' '.join(settings.command)}")
+    if settings.remember > 0:
+        if peer_pidfd_supported():
+            log(f"remembering a password for {settings.remember:g} s per terminal session (in memory only)")
+        else:
+            log("warning: --remember needs the peer's pidfd (Linux 6.5); every call will be asked")
     front_end = FrontEnd(settings)
     async with trio.open_nursery() as nursery:
         await nursery.start(front_end.run, listener)

@@ -49,3 +49,6 @@ class FrontEndSettings:
     # after this long.
     shutdown_grace: float = 5.0
     max_secret: int = MAX_SECRET
+    # Seconds a right password lets the same terminal session in without
+    # asking again; 0 asks every time.
+    remember: float = 0.0
