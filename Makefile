@@ -7,12 +7,12 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .uv/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(shell command -v $(PYTHON))
 
-.PHONY: demo test venv bench fuzz clean install
+.PHONY: demo test venv bytecode bench fuzz clean install
 
-demo: venv
+demo: bytecode
 	.venv/bin/python examples/demo.py
 
-test: venv
+test: bytecode
 	.venv/bin/python -m pytest
 
 bench: venv
@@ -34,8 +34,14 @@ fuzz: $(UV)
 venv: .venv/.synced
 
 .venv/.synced: $(UV) pyproject.toml packages/*/pyproject.toml
-	$(UV) sync --all-packages
+	$(UV) sync --all-packages --compile-bytecode
 	touch $@
+
+# Bytecode for the workspace's own sources too (uv compiles only what it
+# installs): a machine that does not write bytecode (read-only, or
+# PYTHONDONTWRITEBYTECODE) would otherwise compile them at every start.
+bytecode: venv
+	.venv/bin/python -m compileall -q packages/*/src
 
 .uv/bin/uv:
 	$(PYTHON) -m venv .uv
