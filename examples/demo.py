@@ -1,4 +1,8 @@
-"""make demo: a capability daemon on a private socket, used for real, then stopped.
+"""make demo: capability daemons on private sockets, used for real, then stopped.
+
+One daemon per endpoint from the command line, then one daemon serving a
+configuration file's endpoints, asked to describe one, and (as root) a grant
+made at run time that expires by itself.
 
 Runs as the current user: the daemon delegates what this user may already do,
 which is enough to see every part work.
@@ -9,6 +13,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -16,7 +21,8 @@ import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-CAPSUDO, CAPSUDOD = str(BIN / "capsudo"), str(BIN / "capsudod")
+CAPSUDO, CAPSUDOD, CAPSUDOCTL = str(BIN / "capsudo"), str(BIN / "capsudod"), str(BIN / "capsudoctl")
+COMMANDS = (CAPSUDO, CAPSUDOD, CAPSUDOCTL)
 
 
 def show(title: str) -> None:
@@ -24,17 +30,17 @@ def show(title: str) -> None:
 
 
 def run(*argv: str, input: bytes | None = None) -> int:
-    print("$ " + shlex.join(os.path.basename(a) if a in (CAPSUDO, CAPSUDOD) else a for a in argv))
+    print("$ " + shlex.join(os.path.basename(a) if a in COMMANDS else a for a in argv))
     sys.stdout.flush()
     status = subprocess.run(argv, input=input).returncode
     print(f"  -> exit status {status}")
     return status
 
 
-def start(*argv: str) -> subprocess.Popen:
+def start(*argv: str, waiting_for: str = "") -> subprocess.Popen:
     print("$ " + shlex.join(os.path.basename(a) if a == CAPSUDOD else a for a in argv) + " &")
     daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-    path = argv[argv.index("-S") + 1]
+    path = argv[argv.index("-S") + 1] if "-S" in argv else waiting_for
     while not os.path.exists(path):
         time.sleep(0.01)
     return daemon
@@ -66,11 +72,48 @@ def main() -> int:
         narrow = start(CAPSUDOD, "-S", pinned, "-fE", "--", "uname", "-sr")
         run(CAPSUDO, "-S", pinned, "--", "rm", "-rf", "/")
 
+        show("One daemon, many endpoints, from a configuration file")
+        config = Path(directory, "capsudo.toml")
+        control = "" if os.geteuid() != 0 else (
+            f'[control]\nlisten = "{directory}/control"\nstate = "{directory}/state"\n\n')
+        config.write_text(control + f"""[defaults]
+client-environment = false
+mode = "0700"
+
+[endpoint.year]
+description = "Print the year"
+listen = "{directory}/year"
+command = ["date", "+%Y"]
+pin = "command"
+
+[endpoint.count]
+description = "Count the words of what it is given"
+listen = "{directory}/count"
+command = ["wc", "-w"]
+""")
+        print(config.read_text().rstrip("\n"))
+        run(CAPSUDOD, "--config", str(config), "--check")
+        served = start(CAPSUDOD, "--config", str(config), waiting_for=f"{directory}/count")
+        run(CAPSUDO, "-S", f"{directory}/year", "--", "ignored")
+        run(CAPSUDO, "-l", "-S", f"{directory}/count")
+        run(CAPSUDO, "-S", f"{directory}/count", input=b"three little words\n")
+        if control:
+            show("A grant made at run time: two uses, or three seconds, whichever comes first")
+            run(CAPSUDOCTL, "-S", f"{directory}/control", "grant", "hello", "--listen", f"{directory}/hello",
+                "--for", "3s", "--uses", "2", "-fE", "--", "echo", "granted for a moment")
+            run(CAPSUDO, "-S", f"{directory}/hello")
+            run(CAPSUDOCTL, "-S", f"{directory}/control", "list")
+            time.sleep(3.2)
+            run(CAPSUDO, "-S", f"{directory}/hello")
+        else:
+            print("  (grants need root: the control socket answers only root and its group)")
+
         show("Stopping: SIGTERM hangs up running programs and removes the sockets")
-        for process in (narrow, daemon):
+        for process in (served, narrow, daemon):
             process.send_signal(signal.SIGTERM)
             process.wait(10)
-        print(f"  sockets left: {sorted(os.listdir(directory)) or 'none'}")
+        sockets = [name for name in os.listdir(directory) if stat.S_ISSOCK(os.lstat(f"{directory}/{name}").st_mode)]
+        print(f"  sockets left: {sorted(sockets) or 'none'}")
     return 0
 
 
