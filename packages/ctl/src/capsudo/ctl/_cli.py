@@ -138,11 +138,13 @@ def _request(command: str, rest: list[str]) -> dict:
         return {"command": command}
     if command in ("approve", "deny"):
         table = [Option("for", SECONDS, None)] if command == "approve" else [Option("reason", TEXT, None)]
-        values, _, operands = read_command_line(table, rest)
-        if values is None or values == "version" or len(operands) != 1:
-            raise UsageError("approve takes ID [--for DURATION]" if command == "approve"
-                             else "deny takes ID [--reason TEXT]")
-        return {"command": command, "id": operands[0], **values}
+        usage = "approve takes ID [--for DURATION]" if command == "approve" else "deny takes ID [--reason TEXT]"
+        if not rest or rest[0].startswith("-"):
+            raise UsageError(usage)
+        values, _, operands = read_command_line(table, rest[1:])
+        if values is None or values == "version" or operands:
+            raise UsageError(usage)
+        return {"command": command, "id": rest[0], **values}
     raise UsageError(f"unknown command {command!r} ({COMMANDS})")
 
 

@@ -200,9 +200,14 @@ class _Screen:
         screen.erase()
         height, width = screen.getmaxyx()
 
-        def put(row: int, text: str, attribute: int = 0) -> None:
-            if 0 <= row < height - 1:
-                screen.addnstr(row, 0, text, width - 1, attribute)
+        def put(row: int, text: str, attribute: int = 0) -> int:
+            """Write `text` wrapped, never cut: what is hidden past the edge could not be judged. The next row."""
+            step = max(1, width - 1)
+            for start in range(0, max(1, len(text)), step):
+                if 0 <= row < height - 2:
+                    screen.addnstr(row, 0, text[start:start + step], step, attribute)
+                row += 1
+            return row
 
         put(0, f"capsudo approval: {len(self.requests)} pending", curses.A_BOLD)
         put(1, _KEYS)
@@ -210,15 +215,13 @@ class _Screen:
         now = time.monotonic()
         for index, (request, heard_at) in enumerate(self.requests.values()):
             shown = dict(request, left=max(0.0, request["left"] - (now - heard_at)))
-            put(row, ("> " if index == self.selected else "  ") + summary(shown),
-                curses.A_REVERSE if index == self.selected else 0)
-            row += 1
+            row = put(row, ("> " if index == self.selected else "  ") + summary(shown),
+                      curses.A_REVERSE if index == self.selected else 0)
         request = self.current()
         if request is not None and self.show_details:
             row += 1
             heard_at = self.requests[request["id"]][1]
             for line in details(dict(request, left=max(0.0, request["left"] - (now - heard_at)))):
-                put(row, "  " + line)
-                row += 1
-        put(height - 2, self.status)
+                row = put(row, "  " + line)
+        screen.addnstr(height - 2, 0, self.status, max(1, width - 1))
         screen.refresh()
