@@ -57,7 +57,12 @@ class Approving:
         return [record for record in records if session is None or record["session"] == session]
 
     def events(self, session: str) -> list[str]:
-        return [record["event"] for record in self.audit(session)]
+        """The session's audit events, once the last (ended, written as the connection closes) is there."""
+        deadline = time.monotonic() + 5
+        while (events := [record["event"] for record in self.audit(session)])[-1:] != ["ended"]:
+            assert time.monotonic() < deadline, f"session {session} never ended in the audit: {events}"
+            time.sleep(0.02)
+        return events
 
     def decided(self, session: str) -> dict:
         return next(record for record in self.audit(session) if record["event"] == "decided")
