@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from capsudo.core import Allow, Option, Refuse, approval_options, convert
+from capsudo.core import Allow, Option, Refuse, UsageError, approval_options, convert
 from capsudo.proto import Reason
 
 PENDING = "pending"
@@ -49,6 +49,13 @@ def approval_settings(values: Mapping[str, object], labels: Mapping[str, str]) -
              for key, option in options.items()}
     if not typed["approve"]:
         return None
+    import grp
+
+    try:
+        grp.getgrnam(typed["approvers"])
+    except KeyError:
+        raise UsageError(f"{labels.get('approvers', 'approvers')}: no group {typed['approvers']!r} "
+                         "on this system") from None
     return ApprovalSettings(typed["approval-timeout"], typed["approvers"])
 
 

@@ -117,7 +117,10 @@ def _declared(config: ConfigFile, table: EndpointTable) -> DeclaredEndpoint:
         line = next((lines[field] for field, label in labels.items() if message.startswith(label)), table.line)
         raise config.error(line, message) from None
     exposures = _exposures(config, table, values, expose) if expose is not None else ()
-    approval = approval_settings(values, labels)
+    try:
+        approval = approval_settings(values, labels)
+    except UsageError as exc:
+        raise config.error(table.line, str(exc)) from None
     return DeclaredEndpoint(table.name, endpoint_config, description, finish, exposures, approval)
 
 
