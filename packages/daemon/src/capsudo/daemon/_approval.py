@@ -34,6 +34,8 @@ DENIED = "denied"
 TIMED_OUT = "timed out"
 WITHDRAWN = "withdrawn"
 ENDS = (APPROVED, DENIED, TIMED_OUT, WITHDRAWN)
+# Ended requests remembered for their late deciders; older ones are "no pending request".
+REMEMBERED = 4096
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class ApprovalBook:
         self.pending: dict[str, PendingRequest] = {}
         self.standing: list[Standing] = []
         self._listeners: set[Listener] = set()
-        #: Every request that ended, in order, by id: what the model test checks against.
+        #: How the latest requests ended, by id, so that a late decision is told which way.
         self.ended: dict[str, str] = {}
 
     # ---- requests -------------------------------------------------------------
@@ -154,6 +156,8 @@ class ApprovalBook:
         request.state, request.approver, request.reason = state, by, reason
         del self.pending[request.id]
         self.ended[request.id] = state
+        if len(self.ended) > REMEMBERED:
+            del self.ended[next(iter(self.ended))]  # the oldest: a dict keeps insertion order
         request._ended.set()
         self._tell({"event": "ended", "id": request.id, "state": state, "approver": by, "reason": reason})
 
@@ -187,8 +191,13 @@ class HeldRequest:
     async def outcome(self) -> Allow | Refuse:
         request = self.request
         # The time left, on the monotonic clock: the wall clock may jump.
-        with trio.move_on_after(max(0.0, request.deadline - self.book.clock())):
-            await request._ended.wait()
+        try:
+            with trio.move_on_after(max(0.0, request.deadline - self.book.clock())):
+                await request._ended.wait()
+        except trio.Cancelled:
+            # The daemon stops, or the session's task went: nobody is left to run it.
+            self.book.withdraw(request)
+            raise
         self.book.expire(request)
         if request.state == APPROVED:
             return self._on_approved(Allow(self._allowed.argv, self._allowed.env, approver=request.approver))
