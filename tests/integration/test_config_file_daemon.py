@@ -121,12 +121,23 @@ def test_three_endpoints_then_a_reload_that_adds_removes_and_keeps_a_session(soc
     assert not any(os.path.exists(f"{sock_dir}/{name}") for name in ("year", "shell", "date"))
 
 
+def test_approve_without_a_control_socket_is_refused(tmp_path):
+    path = tmp_path / "capsudo.toml"
+    path.write_text('[endpoint.a]\nlisten = "/tmp/a"\ncommand = ["true"]\napprove = true\n')
+    result = subprocess.run([CAPSUDOD, "--config", str(path), "--check"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr == (f"capsudod: error: {path}: endpoint a has approve = true, but without a [control] "
+                             "table nobody could decide\n")
+
+
 @pytest.mark.parametrize(("text", "where", "what"), [
     ('[endpoint.a]\nlisten = "/tmp/a"\ncommand = ["true"]\nmaxsessions = 3\n', 4, "endpoint.a.maxsessions: unknown field"),
     ('[endpoint.a]\nlisten = "/tmp/a"\ncommand = "true"\n', 3, "endpoint.a.command: takes the program"),
     ('[endpoint.a]\nlisten = "/tmp/a"\npin = "all"\n', 3, "endpoint.a.pin: takes 'command' or 'prefix'"),
     ('[endpoint.a]\nlisten = "/tmp/a"\nhandshake-timeout = "3 weeks"\n', 3, "endpoint.a.handshake-timeout"),
-    ('[endpoint.a]\nlisten = "/tmp/a"\napprove = true\n', 3, "endpoint.a.approve: not supported by this capsudod yet"),
+    ('[endpoint.a]\nlisten = "/tmp/a"\npassword = "pam"\n', 3, "endpoint.a.password: not supported by this capsudod yet"),
+    ('[endpoint.a]\nlisten = "/tmp/a"\napprove = true\napprovers = "no-such-group-here"\n', 1,
+     "endpoint.a.approvers: no group 'no-such-group-here'"),
     ('[endpoint.a]\ncommand = ["true"]\n', 1, "endpoint.a: needs `listen`"),
     ('[endpoint.a]\nlisten = "/tmp/a"\nuser = "no-such-user-here"\n', 1, "no user 'no-such-user-here'"),
 ])

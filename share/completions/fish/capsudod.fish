@@ -11,7 +11,7 @@ function __capsudod_in_options
                 return 1
             case '--*=*'
             case '--*'
-                if contains -- (string sub -s 3 -- $words[1]) endpoint env owner mode tls-cert tls-key tls-ca tls-client-ca max-sessions max-sessions-per-peer max-handshakes max-handshakes-per-peer handshake-timeout max-items max-bytes hangup-grace max-frame stream-buffer user group groups directory umask timeout limit audit expires uses at-expiry description describe config
+                if contains -- (string sub -s 3 -- $words[1]) endpoint env owner mode tls-cert tls-key tls-ca tls-client-ca max-sessions max-sessions-per-peer max-handshakes max-handshakes-per-peer handshake-timeout max-items max-bytes hangup-grace max-frame stream-buffer user group groups directory umask timeout limit audit expires uses at-expiry description describe approval-timeout approvers config
                     set -e words[1]
                 end
             case '-?*'
@@ -60,6 +60,9 @@ complete -c capsudod -n __capsudod_in_options -l uses -x -d 'sessions it may run
 complete -c capsudod -n __capsudod_in_options -l at-expiry -x -d 'what programs still running at the expiry get'
 complete -c capsudod -n __capsudod_in_options -l description -x -d 'what the endpoint is for, in a sentence'
 complete -c capsudod -n __capsudod_in_options -l describe -x -d 'full'
+complete -c capsudod -n __capsudod_in_options -l approve -d 'hold each session after its request until a member of the approver group approves it'
+complete -c capsudod -n __capsudod_in_options -l approval-timeout -x -d 'a request nobody decided within this long is denied'
+complete -c capsudod -n __capsudod_in_options -l approvers -x -d 'the group whose members may decide'
 complete -c capsudod -n __capsudod_in_options -l config -r -F -d 'serve the endpoints this file declares'
 complete -c capsudod -n __capsudod_in_options -l check -d 'check the file, print what it would serve, and exit'
 complete -c capsudod -n __capsudod_in_options -s h -l help -d 'show this help'

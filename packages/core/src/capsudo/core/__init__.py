@@ -46,6 +46,7 @@ __all__ = [
     "handshake_timeout_option",
     "hangup_grace_option",
     "channel_limit_options",
+    "approval_options",
     "daemon_options",
     "config_fields",
     "TLS_SECTION",
@@ -114,12 +115,14 @@ __all__ = [
     "Asked",
     "Allow",
     "Refuse",
+    "Held",
     "Decision",
     "attenuating",
     # session events
     "Accepted",
     "Requested",
     "Decided",
+    "Pending",
     "Started",
     "Ended",
     "SessionEvent",
@@ -132,7 +135,7 @@ _HOME = {
     "parse_options": "._options",
     "number_option": "._options",
     **dict.fromkeys(['FLAG', 'TEXT', 'LIST', 'INTEGER', 'SECONDS', 'BYTES'] + ['Option', 'read_command_line', 'command_line_status', 'usage_error', 'usage_text', 'convert', 'Labels', 'parse_or_status'], "._option_table"),
-    **dict.fromkeys(['endpoint_option', 'tls_options', 'socket_options', 'pin_options', 'connection_limit_options', 'handshake_limit_options', 'handshake_timeout_option', 'hangup_grace_option', 'channel_limit_options', 'daemon_options', 'config_fields', 'TLS_SECTION', 'LIMITS_SECTION', 'CHANNEL_SECTION'], "._option_groups"),
+    **dict.fromkeys(['endpoint_option', 'tls_options', 'socket_options', 'pin_options', 'connection_limit_options', 'handshake_limit_options', 'handshake_timeout_option', 'hangup_grace_option', 'channel_limit_options', 'approval_options', 'daemon_options', 'config_fields', 'TLS_SECTION', 'LIMITS_SECTION', 'CHANNEL_SECTION'], "._option_groups"),
     **dict.fromkeys(['EndpointConfig', 'build_config'], "._endpoint_config"),
     **dict.fromkeys(['Lifetime', 'expired_reason', 'spent_reason', 'revoked_reason', 'rfc3339'], "._lifetime"),
     **dict.fromkeys(["AuditFile", "AuditFiles", "audit_record"], "._audit"),
@@ -171,9 +174,10 @@ _HOME = {
     "Interrupted": "._fatal_signals",
     "Hangup": "._daemon_session",
     **dict.fromkeys(["read_request", "daemon_protocol", "Request"], "._handshake"),
-    **dict.fromkeys(["Asked", "Allow", "Refuse", "Decision", "attenuating"], "._decision"),
+    **dict.fromkeys(["Asked", "Allow", "Refuse", "Held", "Decision", "attenuating"], "._decision"),
     **dict.fromkeys(
-        ["Accepted", "Requested", "Decided", "Started", "Ended", "SessionEvent", "EventSink", "SessionRecord"],
+        ["Accepted", "Requested", "Decided", "Pending", "Started", "Ended", "SessionEvent", "EventSink",
+         "SessionRecord"],
         "._events",
     ),
 }
@@ -193,8 +197,8 @@ if TYPE_CHECKING:
     from ._secret_prompt import ask_secret
     from ._serving import STOP_SIGNALS, AcceptBackoff, Logger, ServedEndpoint, hold_stop_signals, serve, stop_on_signals
     from ._fatal_signals import Interrupted
-    from ._decision import Allow, Asked, Decision, Refuse, attenuating
-    from ._events import (Accepted, Decided, Ended, EventSink, Requested, SessionEvent, SessionRecord,
+    from ._decision import Allow, Asked, Decision, Held, Refuse, attenuating
+    from ._events import (Accepted, Decided, Ended, EventSink, Pending, Requested, SessionEvent, SessionRecord,
                           Started)
     from ._handshake import Request, daemon_protocol, read_request
     from ._library import (DEFAULT_MAX_OUTPUT, CompletedSession, SessionFailed, describe, describe_async, run,
@@ -206,7 +210,7 @@ if TYPE_CHECKING:
     from ._limits import ConnectionLimits, SessionLimits
     from ._options import UsageError, number_option, parse_options
     from ._option_table import BYTES, FLAG, INTEGER, LIST, SECONDS, TEXT, Labels, Option, command_line_status, convert, parse_or_status, read_command_line, usage_error, usage_text
-    from ._option_groups import (CHANNEL_SECTION, LIMITS_SECTION, TLS_SECTION, channel_limit_options, config_fields, connection_limit_options, daemon_options,
+    from ._option_groups import (CHANNEL_SECTION, LIMITS_SECTION, TLS_SECTION, approval_options, channel_limit_options, config_fields, connection_limit_options, daemon_options,
                                  endpoint_option, handshake_limit_options, handshake_timeout_option,
                                  hangup_grace_option, pin_options, socket_options, tls_options)
     from ._endpoint_config import EndpointConfig, build_config

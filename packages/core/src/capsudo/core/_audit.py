@@ -20,7 +20,7 @@ import os
 import pwd
 from datetime import datetime, timezone
 
-from ._events import Accepted, Decided, Ended, Requested, SessionEvent, Started
+from ._events import Accepted, Decided, Ended, Pending, Requested, SessionEvent, Started
 
 
 _LIFETIME_ENDS = ("expired", "spent", "revoked")
@@ -60,12 +60,16 @@ def audit_record(event: SessionEvent, endpoint: str | None) -> dict:
     elif isinstance(event, Decided):
         # allowed, refused, or why the endpoint no longer holds: expired, spent, revoked.
         code = event.reason.code if event.reason is not None else None
-        decision = "allowed" if event.allowed else code if code in _LIFETIME_ENDS else "refused"
+        decision = event.decision or ("allowed" if event.allowed else code if code in _LIFETIME_ENDS else "refused")
         record.update(event="decided", allowed=event.allowed, decision=decision)
+        if event.approver is not None:
+            record["approver"] = event.approver
         if event.allowed:
             record.update(argv=list(event.argv), env_names=list(event.env_names))
         elif event.reason is not None:
             record["reason"] = event.reason.text
+    elif isinstance(event, Pending):
+        record.update(event="pending", request=event.request, deadline=_rfc3339(event.deadline))
     elif isinstance(event, Started):
         record.update(event="started", pid=event.pid, executable=event.executable)
     elif isinstance(event, Ended):

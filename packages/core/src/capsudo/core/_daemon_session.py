@@ -16,12 +16,12 @@ from contextlib import contextmanager
 
 import trio
 
-from capsudo.proto import (DESCRIBING, Description, DescribingProtocol, Error, Exit, ProtocolError, Refused, Resized,
-                           SessionProtocol, reason)
+from capsudo.proto import (DESCRIBING, Description, DescribingProtocol, Error, Exit, ProtocolError, Reason, Refused,
+                           Resized, SessionProtocol, reason)
 from capsudo.transport import MessageChannel
 
 from ._child_setup import PreparedChild, prepared_child
-from ._decision import Allow, Asked, Decision, attenuating
+from ._decision import Allow, Asked, Decision, Held, Refuse, attenuating
 from ._description import EndpointDescription, description_fields
 from ._events import (Accepted, Decided, Ended, EventSink, Requested, SessionEvent, SessionRecord, Started,
                       env_names, new_session_id)
@@ -40,6 +40,7 @@ FAILURE_STATUS = 1
 LEFTOVER_GRACE = 1.0
 
 _LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+_WITHDRAWN = Reason("withdrawn", "the client left while its request was pending")
 
 
 class Hangup:
@@ -283,8 +284,14 @@ async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: De
     try:
         session.emit(Requested(session.id, tuple(request.argv), env_names(request.env_entries), request.interactive))
         decision = await decide(Asked(session.id, channel.peer, channel.description, request, policy))
+        if not isinstance(decision, (Allow, Refuse)):
+            decision = await _await_held(session, request, decision)
+            if decision is None:
+                request.close_fds()
+                return
         if not isinstance(decision, Allow):
-            session.emit(Decided(session.id, False, reason=decision.reason))
+            session.emit(Decided(session.id, False, reason=decision.reason, decision=decision.decision,
+                                 approver=decision.approver))
             request.close_fds()
             return await _refuse(session, decision.reason.text, FAILURE_STATUS)
         argv = decision.argv
@@ -297,7 +304,9 @@ async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: De
             return await _refuse(session, why.text, CANNOT_RUN_STATUS)
         env = program_environment(decision.env, policy.environment, identity, caller=channel.peer,
                                   endpoint=endpoint, session=session.id)
-        session.emit(Decided(session.id, True, tuple(argv), tuple(env)))
+        session.emit(Decided(session.id, True, tuple(argv), tuple(env),
+                             decision="approved" if decision.approver is not None else None,
+                             approver=decision.approver))
         try:
             executable = resolve_program(argv[0], env)
             async with prepared_child(policy, identity, session.id, terminal=request.interactive) as child:
@@ -326,6 +335,41 @@ async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: De
     else:
         session.outcome = stopped
         await _send_quietly(channel, Error(f"the program {stopped}"), Exit(status))
+
+
+async def _await_held(session: _Session, request: Request, held: Held) -> Allow | Refuse | None:
+    """The held decision, watching the client meanwhile; None when the client left first.
+
+    No handshake deadline runs here: the wait is the decision's own (its
+    timeout). A window-size change while waiting is kept for the program.
+    """
+    result: Allow | Refuse | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def decided() -> None:
+            nonlocal result
+            result = await held.outcome()
+            nursery.cancel_scope.cancel()
+
+        async def watch() -> None:
+            while True:
+                try:
+                    received = await session.channel.receive()
+                    event = session.protocol.receive(received.message) if received is not None else None
+                except (ProtocolError, *_LINK_ERRORS):
+                    received = None
+                if received is None:
+                    held.withdraw()
+                    session.outcome = "client left while its request was pending"
+                    session.emit(Decided(session.id, False, reason=_WITHDRAWN, decision="withdrawn"))
+                    nursery.cancel_scope.cancel()
+                    return
+                if isinstance(event, Resized):
+                    request.winsize = event.winsize
+
+        nursery.start_soon(decided)
+        nursery.start_soon(watch)
+    return result
 
 
 def _why_stopped(session: _Session, policy: Policy, child: PreparedChild) -> str | None:

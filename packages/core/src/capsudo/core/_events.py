@@ -1,7 +1,8 @@
 """What happens to a session, as typed events that carry its id, for whoever listens.
 
 A daemon reports five moments of every session to a sink (any callable
-taking an event): accepted, requested, decided, started, ended. A session
+taking an event): accepted, requested, decided, started, ended; a session
+that waits for a person's approval is pending between requested and decided. A session
 refused during its handshake goes from accepted straight to ended. The log
 line a person reads on stderr is one sink among others (`SessionRecord`);
 an audit trail is another.
@@ -53,6 +54,20 @@ class Decided:
     argv: tuple[str, ...] = ()
     env_names: tuple[str, ...] = ()
     reason: Reason | None = None
+    #: What the audit calls it, when more than allowed or refused: "approved", "denied", "timed out", "withdrawn".
+    decision: str | None = None
+    #: Who decided, when a person did.
+    approver: str | None = None
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """The request waits for a person's decision, under this request id, until `deadline` (wall clock)."""
+
+    session: str
+    request: str
+    deadline: float
     time: float = field(default_factory=time.time)
 
 
@@ -76,7 +91,7 @@ class Ended:
     time: float = field(default_factory=time.time)
 
 
-SessionEvent = Accepted | Requested | Decided | Started | Ended
+SessionEvent = Accepted | Requested | Pending | Decided | Started | Ended
 EventSink = Callable[[SessionEvent], None]
 
 

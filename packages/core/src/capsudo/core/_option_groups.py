@@ -174,6 +174,24 @@ def description_options() -> list[Option]:
     ]
 
 
+APPROVAL_SECTION = "approval"
+#: How long a request waits for a person's decision before it is denied.
+DEFAULT_APPROVAL_TIMEOUT = 60.0
+
+
+def approval_options() -> list[Option]:
+    section = APPROVAL_SECTION
+    return [
+        Option("approve", FLAG, False, "hold each session after its request until a member of the approver "
+               "group approves it (capsudoctl watch, approve, deny); needs --config with a [control] table",
+               section=section),
+        Option("approval-timeout", SECONDS, DEFAULT_APPROVAL_TIMEOUT, "a request nobody decided within this "
+               "long is denied; the program's own runtime does not count", minimum=0.001, section=section),
+        Option("approvers", TEXT, "root", "the group whose members may decide (root always may)",
+               metavar="GROUP", section=section),
+    ]
+
+
 def daemon_options() -> list[Option]:
     """capsudod's table: every field of an endpoint's configuration, in -h order."""
     return [
@@ -190,6 +208,7 @@ def daemon_options() -> list[Option]:
         *run_as_options(),
         *lifetime_options(),
         *description_options(),
+        *approval_options(),
     ]
 
 

@@ -22,6 +22,7 @@ from capsudo.core import (INTEGER, SECONDS, TEXT, Option, UsageError, daemon_opt
 DEFAULT_CONTROL = "/run/capsudo/control"
 REACH_FAILURE = 3
 REQUEST_FAILED = 1
+COMMANDS = "list, grant, renew, revoke, sessions, kill, pending, approve, deny, watch"
 
 USAGE = """\
 usage: capsudoctl [-S SOCKET] [--json] COMMAND ...
@@ -35,6 +36,11 @@ commands:
   revoke NAME                   its socket goes, its running programs are hung up
   sessions                      the sessions under way
   kill SESSION                  hang one session's program up
+  pending                       requests waiting for approval, with everything known of each
+  approve ID [--for DURATION]   run that request; --for: approve that endpoint for that caller
+                                for a while too
+  deny ID [--reason TEXT]       refuse it; the caller reads the reason
+  watch                         a full-screen view of requests as they arrive, deciding with one key
 
   -S SOCKET   the control socket (default: $CAPSUDO_CONTROL, else /run/capsudo/control)
   --json      print the daemon's answer as JSON, for programs
@@ -69,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         sys.stderr.write(f"capsudoctl: error: {exc.filename}: {exc.strerror}\n")
         return REQUEST_FAILED
+    if command == "watch":
+        from ._watch import watch
+
+        return watch(control)
     try:
         response = exchange(control, request)
     except OSError as exc:
@@ -99,7 +109,7 @@ def _global_options(argv: list[str]):
         else:
             raise UsageError(f"unknown option {word}")
     if not argv:
-        raise UsageError("which command? list, grant, renew, revoke, sessions, kill")
+        raise UsageError(f"which command? {COMMANDS}")
     return control, as_json, argv[0], argv[1:]
 
 
@@ -122,7 +132,20 @@ def _request(command: str, rest: list[str]) -> dict:
         return {"command": "renew", "name": rest[0], **values}
     if command == "grant":
         return _grant(rest)
-    raise UsageError(f"unknown command {command!r} (list, grant, renew, revoke, sessions, kill)")
+    if command in ("pending", "watch"):
+        if rest:
+            raise UsageError(f"{command} takes no operands, got {rest[0]!r}")
+        return {"command": command}
+    if command in ("approve", "deny"):
+        table = [Option("for", SECONDS, None)] if command == "approve" else [Option("reason", TEXT, None)]
+        usage = "approve takes ID [--for DURATION]" if command == "approve" else "deny takes ID [--reason TEXT]"
+        if not rest or rest[0].startswith("-"):
+            raise UsageError(usage)
+        values, _, operands = read_command_line(table, rest[1:])
+        if values is None or values == "version" or operands:
+            raise UsageError(usage)
+        return {"command": command, "id": rest[0], **values}
+    raise UsageError(f"unknown command {command!r} ({COMMANDS})")
 
 
 def _grant(rest: list[str]) -> dict:
@@ -202,6 +225,15 @@ def _for_people(command: str, response: dict) -> str:
         return f"renewed {response['name']}: expires {response['expires']}\n"
     if command == "revoke":
         return f"revoked {response['name']}\n"
+    if command == "pending":
+        from ._shown import details
+
+        return "".join("\n".join(details(request)) + "\n\n" for request in response["pending"]) \
+            or "no pending request\n"
+    if command in ("approve", "deny"):
+        standing = f"; endpoint {response['endpoint']} approved for this caller until {response['standing_until']}" \
+            if response.get("standing_until") else ""
+        return f"{response['state']} request {response['id']}{standing}\n"
     return f"hung up session {response['session']}\n"
 
 

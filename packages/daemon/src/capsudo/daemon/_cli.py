@@ -77,6 +77,10 @@ def parse_command_line(argv: list[str]) -> EndpointConfig | FileToServe | None:
         return FileToServe(values.get("config", DEFAULT_CONFIG), "check" in values)
     if program:
         values["program"] = program
+    approval = [labels[field] for field in ("approve", "approval-timeout", "approvers") if field in values]
+    if approval:
+        # Someone must be able to decide: the control socket of a configuration file.
+        raise UsageError(f"{approval[0]} needs --config, a file with a [control] table (approve = true there)")
     return build_config(values, labels)
 
 

@@ -1,12 +1,14 @@
-"""The control socket of `capsudod --config`: list, grant, renew, revoke, sessions, kill.
+"""The control socket of `capsudod --config`: list, grant, renew, revoke, sessions, kill; pending, approve, deny, watch.
 
 A Unix socket (`[control] listen`, default /run/capsudo/control) that only
 root and the members of `[control] group` may reach: its mode says so
 (0660 root:group, or 0600 without a group) and so does every connection's
 peer, whose uid the kernel vouches for and which is checked again here. The
 protocol is one JSON object per line, a request and then its response, one
-request per connection (docs/control.md). Each request is a line in the
-daemon's log, with who asked and what came of it.
+request per connection (docs/control.md), except `watch`, whose connection
+stays open and carries a line per pending request and per decision. Each
+request is a line in the daemon's log, with who asked and what came of it.
+Approval commands are further limited to the endpoint's approver group.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from capsudo.core import SECONDS, Option, UsageError, convert, rfc3339
 from capsudo.transport import EndpointError, Owner, open_unix_listener, peer_credentials
 
 from ._config_file import ConfigFileError, read_config_file
+from ._approval import DecisionError, may_decide
 from ._grants import DEFAULT_STATE, Grant, GrantError, StateDirectory
 
 DEFAULT_CONTROL = "/run/capsudo/control"
@@ -177,7 +180,10 @@ class ControlServer:
                 if not isinstance(parsed, dict) or not isinstance(parsed.get("command"), str):
                     raise ControlError('a request is a JSON object with a "command"')
                 request = parsed
-                response = {"ok": True, **await self._handle(request)}
+                if request["command"] == "watch":
+                    self._log(f"control: {who}: watch")
+                    return await self._watch(stream, peer.uid)
+                response = {"ok": True, **await self._handle(request, peer.uid)}
             except trio.TooSlowError:
                 response = {"ok": False, "error": f"no request within {REQUEST_TIMEOUT:g}s"}
             except (ValueError, UnicodeDecodeError):
@@ -185,19 +191,100 @@ class ControlServer:
             except (ControlError, GrantError, UsageError) as exc:
                 response = {"ok": False, "error": str(exc)}
             outcome = "ok" if response["ok"] else f"failed: {response['error']}"
-            target = request.get("name") or request.get("session") or ""
+            target = request.get("name") or request.get("session") or request.get("id") or ""
             self._log(f"control: {who}: {request.get('command', '?')}{' ' + str(target) if target else ''}: {outcome}")
             await _reply(stream, response)
 
     # ---- requests -------------------------------------------------------------
 
-    async def _handle(self, request: dict) -> dict:
+    async def _handle(self, request: dict, uid: int) -> dict:
         command = request["command"]
+        deciding = {"pending": self._pending, "approve": self._approve, "deny": self._deny}.get(command)
+        if deciding is not None:
+            return deciding(request, uid)
         handler = {"list": self._list, "grant": self._grant, "renew": self._renew, "revoke": self._revoke,
                    "sessions": self._sessions, "kill": self._kill}.get(command)
         if handler is None:
-            raise ControlError(f"unknown command {command!r} (known: list, grant, renew, revoke, sessions, kill)")
+            raise ControlError(f"unknown command {command!r} (known: list, grant, renew, revoke, sessions, kill, "
+                               "pending, approve, deny, watch)")
         return await handler(request)
+
+    # ---- approval -------------------------------------------------------------
+
+    def _pending(self, request: dict, uid: int) -> dict:
+        book = self.supervisor.approvals
+        now = book.clock()
+        return {"pending": [pending.shown(now) for pending in book.pending.values()
+                            if may_decide(uid, pending.approvers)]}
+
+    def _approve(self, request: dict, uid: int) -> dict:
+        standing_for = _duration(request["for"], "--for") if "for" in request else None
+        return self._decision(request, uid, True, standing_for=standing_for)
+
+    def _deny(self, request: dict, uid: int) -> dict:
+        reason = request.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise ControlError("--reason takes a text")
+        return self._decision(request, uid, False, reason=reason)
+
+    def _decision(self, request: dict, uid: int, approve: bool, **how) -> dict:
+        book = self.supervisor.approvals
+        request_id = request.get("id")
+        if not isinstance(request_id, str):
+            raise ControlError(f"{request['command']} needs a request id")
+        pending = book.pending.get(request_id)
+        if pending is not None:
+            if not may_decide(uid, pending.approvers):
+                raise ControlError(f"permission denied: only root and the members of {pending.approvers} "
+                                   f"may decide for endpoint {pending.endpoint}")
+            if uid != 0 and uid == pending.uid:
+                raise ControlError("permission denied: a caller does not approve its own request")
+        try:
+            decided = book.decide(request_id, approve, _user_name(uid), **how)
+        except DecisionError as exc:
+            raise ControlError(str(exc)) from None
+        return {"id": decided.id, "state": decided.state, "endpoint": decided.endpoint,
+                "standing_until": rfc3339(book.clock() + how["standing_for"]) if how.get("standing_for") else None}
+
+    async def _watch(self, stream: trio.SocketStream, uid: int) -> None:
+        """Every pending request the watcher may decide, then each new one and each end, a line each."""
+        book = self.supervisor.approvals
+        send, receive = trio.open_memory_channel(1024)
+        visible: set[str] = set()
+
+        def heard(record: dict) -> None:
+            if record["event"] == "pending":
+                if not may_decide(uid, record["request"]["approvers"]):
+                    return
+                visible.add(record["request"]["id"])
+            elif record["event"] == "ended" and record["id"] not in visible:
+                return
+            try:
+                send.send_nowait(record)
+            except trio.WouldBlock:
+                send.close()  # a watcher that does not read is dropped, not waited for
+
+        book.listen(heard)
+        try:
+            for pending in self._pending({}, uid)["pending"]:
+                visible.add(pending["id"])
+                send.send_nowait({"event": "pending", "request": pending})
+            async with trio.open_nursery() as nursery:
+
+                async def until_closed() -> None:
+                    while await stream.receive_some(4096):
+                        pass
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(until_closed)
+                await _reply(stream, {"ok": True, "watching": True})
+                async for record in receive:
+                    await _reply(stream, record)
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            book.unlisten(heard)
 
     async def _list(self, request: dict) -> dict:
         endpoints = []

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from capsudo.core import EndpointConfig, UsageError, build_config, config_fields
 
+from ._approval import ApprovalSettings, approval_settings
 from ._config_file import ConfigFile, ConfigFileError, EndpointTable, Located, read_config_file
 
 DEFAULT_CONFIG = "/etc/capsudo/capsudo.toml"
@@ -28,7 +29,7 @@ _WHEN_REMOVED = {"hang-up": False, "finish": True}
 # Fields of the operator's vocabulary that this version does not serve yet:
 # refused rather than ignored, since ignoring `approve = true` would run
 # without the approval the operator asked for.
-_NOT_YET = ("approve", "password")
+_NOT_YET = ("password",)
 # What an `expose` entry may say: how it listens; all else is the endpoint's.
 _LISTENING = ("listen", "owner", "mode", "allow-unsafe-directory", "tls-cert", "tls-key", "tls-ca")
 _INHERITED = ("owner", "mode", "allow-unsafe-directory")
@@ -44,6 +45,8 @@ class DeclaredEndpoint:
     finish_when_removed: bool = False
     #: Further places it is offered (`expose`): its configuration, listening elsewhere.
     exposures: tuple[EndpointConfig, ...] = ()
+    #: When each session waits for a person's decision (`approve = true`).
+    approval: ApprovalSettings | None = None
 
     @property
     def description(self) -> str:
@@ -115,7 +118,11 @@ def _declared(config: ConfigFile, table: EndpointTable) -> DeclaredEndpoint:
         line = next((lines[field] for field, label in labels.items() if message.startswith(label)), table.line)
         raise config.error(line, message) from None
     exposures = _exposures(config, table, values, expose) if expose is not None else ()
-    return DeclaredEndpoint(table.name, endpoint_config, finish, exposures)
+    try:
+        approval = approval_settings(values, labels)
+    except UsageError as exc:
+        raise config.error(table.line, str(exc)) from None
+    return DeclaredEndpoint(table.name, endpoint_config, finish, exposures, approval)
 
 
 def _exposures(config: ConfigFile, table: EndpointTable, values: dict, expose: Located) -> tuple[EndpointConfig, ...]:

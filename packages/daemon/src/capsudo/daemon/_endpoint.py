@@ -22,10 +22,12 @@ from functools import partial
 
 import trio
 
-from capsudo.core import (Accepted, Allow, Asked, Decided, EndpointDescription, Ended, EventSink, Hangup, Refuse,
-                          ServedEndpoint, SessionEvent, Started, attenuating, expired_reason, revoked_reason, rfc3339,
-                          serve_session, spent_reason)
+from capsudo.core import (Accepted, Allow, Asked, Decided, EndpointDescription, Ended, EventSink, Hangup, Pending,
+                          Refuse, ServedEndpoint, SessionEvent, Started, attenuating, expired_reason, revoked_reason,
+                          rfc3339, serve_session, spent_reason)
 from capsudo.transport import EndpointError, open_listener
+
+from ._approval import HeldRequest, caller_details, user_name
 
 
 @dataclass
@@ -48,9 +50,14 @@ class DaemonEndpoint:
     def __init__(self, name: str | None, config, listener, *, log: Callable[[str], None],
                  events: EventSink | None = None, finish_when_removed: bool = False,
                  exposed: Sequence[tuple[object, object]] = (),
-                 on_use: Callable[["DaemonEndpoint"], None] | None = None) -> None:
+                 on_use: Callable[["DaemonEndpoint"], None] | None = None,
+                 approval=None, approvals=None, description: str = "") -> None:
         self.name = name
         self.config = config
+        #: ApprovalSettings when each session waits for a person's decision; the daemon's ApprovalBook.
+        self.approval = approval
+        self.approvals = approvals
+        self.description = description
         self.listener = listener
         self.finish_when_removed = finish_when_removed
         self._log = log if name is None else (lambda line: log(f"endpoint {name}: {line}"))
@@ -91,7 +98,8 @@ class DaemonEndpoint:
     async def open(cls, name: str | None, config, *, log: Callable[[str], None], adopted=None,
                    events: EventSink | None = None, finish_when_removed: bool = False,
                    exposures: Sequence[object] = (),
-                   on_use: Callable[["DaemonEndpoint"], None] | None = None) -> "DaemonEndpoint":
+                   on_use: Callable[["DaemonEndpoint"], None] | None = None, approval=None, approvals=None,
+                   description: str = "") -> "DaemonEndpoint":
         """Listen as `config` says (or on `adopted`, a listener systemd passed) and at each of
         `exposures` (configurations differing only in how they listen); log where. All or none."""
         named = log if name is None else (lambda line: log(f"endpoint {name}: {line}"))
@@ -109,7 +117,7 @@ class DaemonEndpoint:
                 await listener.aclose()
             raise
         return cls(name, config, listener, log=log, events=events, finish_when_removed=finish_when_removed,
-                   exposed=exposed, on_use=on_use)
+                   exposed=exposed, on_use=on_use, approval=approval, approvals=approvals, description=description)
 
     def listens_as(self, other) -> bool:
         """Whether `other` can be served on this endpoint's listener (only what sessions do differs)."""
@@ -209,11 +217,29 @@ class DaemonEndpoint:
             return Refuse(spent_reason())
         return None
 
-    async def _decide(self, asked: Asked) -> Allow | Refuse:
+    async def _decide(self, asked: Asked) -> Allow | Refuse | HeldRequest:
         refused = self.refusal()
         if refused is not None:
             return refused
         decision = await attenuating(asked)
+        approval = self.approval
+        if approval is not None:
+            uid = asked.peer.uid if asked.peer is not None else -1
+            standing = self.approvals.covering(self.name, uid)
+            if standing is None:
+                request = self.approvals.hold(asked.session, self.name, uid, approval.timeout, approval.approvers,
+                                              self._shown(asked, decision, approval))
+                self._audit_event(Pending(asked.session, request.id, request.deadline))
+                return HeldRequest(self.approvals, request, decision, self._approved)
+            decision = Allow(decision.argv, decision.env,
+                             approver=f"{standing.by} (standing approval until {rfc3339(standing.until)})")
+        return self._approved(decision)
+
+    def _approved(self, decision: Allow) -> Allow | Refuse:
+        """The decision, if the endpoint still holds (an approval may come after it expired), its use counted."""
+        refused = self.refusal()
+        if refused is not None:
+            return refused
         if self.uses_left is not None:
             self.uses_left -= 1
             if self._on_use is not None:
@@ -221,6 +247,30 @@ class DaemonEndpoint:
             if self.uses_left == 0:
                 self._end("spent", "no uses left; the last sessions finish", let_finish=True)
         return decision
+
+    def _shown(self, asked: Asked, decision: Allow, approval) -> dict:
+        """What an approver sees of a request: the endpoint, the caller, what would run."""
+        from capsudo.core import resolve_program
+
+        peer = asked.peer
+        try:
+            program = resolve_program(decision.argv[0], dict(decision.env))
+        except Exception:  # ProgramNotFound, or no argv: shown as unknown, refused at the start
+            program = None
+        real = os.path.realpath(program) if program is not None else None
+        return {
+            "description": self.description, "where": asked.where, "timeout": approval.timeout,
+            "pid": peer.pid if peer is not None else None, "user": user_name(peer.uid) if peer is not None else None,
+            "gid": peer.gid if peer is not None else None, "label": peer.label if peer is not None else None,
+            **(caller_details(peer.pid) if peer is not None and peer.pid > 0 else {}),
+            "argv": list(decision.argv), "env": [f"{key}={value}" for key, value in decision.env.items()],
+            "program": program, "resolves_to": real if real != program else None,
+            "interactive": asked.request.interactive,
+        }
+
+    def _audit_event(self, event) -> None:
+        if self._audit is not None:
+            self._audit(event)
 
     def _event(self, event: SessionEvent) -> None:
         if isinstance(event, Accepted):
@@ -238,7 +288,8 @@ class DaemonEndpoint:
     async def _serve_one(self, channel):
         config = self.config  # the one that holds as this session begins
         about = EndpointDescription(self._called, config.description, config.describe,
-                                    expires=self.expires_at, uses_left=self.uses_left)
+                                    expires=self.expires_at, uses_left=self.uses_left,
+                                    approval=self.approval is not None)
         return await serve_session(channel, config.policy, config.session_limits, self._shutdown,
                                    decide=self._decide, events=self._event, endpoint=self._called,
                                    description=about)

@@ -28,6 +28,11 @@ def serve_file(path: str, *, check: bool = False) -> int:
     except ConfigFileError as exc:
         log(f"error: {exc}")
         return 2
+    undecidable = [name for name, endpoint in declared.items() if endpoint.approval is not None]
+    if undecidable and control is None:
+        log(f"error: {path}: endpoint {undecidable[0]} has approve = true, but without a [control] table "
+            "nobody could decide")
+        return 2
     if check:
         for endpoint in declared.values():
             sys.stdout.write(describe(endpoint) + "\n")

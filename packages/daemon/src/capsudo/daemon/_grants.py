@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from capsudo.core import UsageError, build_config, rfc3339
 
+from ._approval import approval_settings
 from ._declared import DeclaredEndpoint
 
 DEFAULT_STATE = "/var/lib/capsudo"
@@ -50,11 +51,13 @@ class Grant:
         if self.uses_left is not None:
             values["uses"] = self.uses_left
         values["at-expiry"] = self.at_expiry
+        labels = {key: f"--{key}" for key in values}
         try:
-            config = build_config(values, {key: f"--{key}" for key in values})
+            config = build_config(values, labels)
+            approval = approval_settings(values, labels)
         except UsageError as exc:
             raise GrantError(str(exc)) from None
-        return DeclaredEndpoint(self.name, config, "grant")
+        return DeclaredEndpoint(self.name, config, "grant", approval=approval)
 
     def spent(self, now: float) -> bool:
         return (self.expires_at is not None and now >= self.expires_at) or self.uses_left == 0

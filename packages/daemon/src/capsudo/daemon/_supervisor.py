@@ -17,6 +17,7 @@ import trio
 from capsudo.core import AuditFiles
 from capsudo.transport import EndpointError
 
+from ._approval import ApprovalBook
 from ._declared import DeclaredEndpoint
 from ._endpoint import DaemonEndpoint, EndpointStartError
 
@@ -35,6 +36,8 @@ class Supervisor:
         self.audit = AuditFiles()
         self._nursery: trio.Nursery | None = None
         self._reloading = trio.Lock()
+        #: The requests waiting for a person's decision, of every endpoint.
+        self.approvals = ApprovalBook()
         #: The names of the endpoints the control socket granted.
         self.granted: set[str] = set()
 
@@ -81,6 +84,7 @@ class Supervisor:
                       and current.exposures == wanted.exposures):
                     current.config = wanted.config
                     current.finish_when_removed = wanted.finish_when_removed
+                    current.approval, current.description = wanted.approval, wanted.description
                     self._declared[name] = wanted
                     self._log(f"endpoint {name}: changed; new sessions follow the new configuration")
                 else:
@@ -120,7 +124,9 @@ class Supervisor:
             raise EndpointStartError(str(exc)) from None
         endpoint = await DaemonEndpoint.open(declared.name, config, log=self._log, adopted=adopted, events=events,
                                              finish_when_removed=declared.finish_when_removed,
-                                             exposures=declared.exposures, on_use=on_use)
+                                             exposures=declared.exposures, on_use=on_use,
+                                             approval=declared.approval, approvals=self.approvals,
+                                             description=declared.description)
         self.running[declared.name] = endpoint
         self._declared[declared.name] = declared
         await self._nursery.start(endpoint.run)
