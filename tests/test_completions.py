@@ -45,7 +45,8 @@ def test_every_option_of_every_table_is_in_every_shells_completion():
     for command in generator.commands():
         files = [SHARE / "bash" / command.name, SHARE / "zsh" / f"_{command.name}",
                  SHARE / "fish" / f"{command.name}.fish"]
-        for option in command.options:
+        options = [*command.options, *(option for sub in command.subcommands for option in sub.options)]
+        for option in options:
             for path in files:
                 text = path.read_text()
                 long = f"-l {option.name}" if path.suffix == ".fish" else f"--{option.name}"
@@ -87,6 +88,14 @@ def test_bash_completes_flags_values_and_the_program(with_bash_completion, tmp_p
     # Once the program has started, its words are not capsudod's options.
     assert "--max-sessions" not in _bash_complete("capsudod", ["-f", "--", "ls", "--max-s"], preamble)
     assert "bash" in _bash_complete("capsudo", ["-S", "/run/capsudo/x", "bas"], preamble)
+    # capsudoctl: a command's name, then its operands, its options, and grant's program after --.
+    assert _bash_complete("capsudoctl", ["gr"], preamble) == ["grant"]
+    assert _bash_complete("capsudoctl", ["-S", "/run/x", "re"], preamble) == ["renew", "revoke"]
+    assert _bash_complete("capsudoctl", ["grant", "--fo"], preamble) == []  # NAME comes first
+    assert _bash_complete("capsudoctl", ["grant", "x", "--fo"], preamble) == ["--for"]
+    assert _bash_complete("capsudoctl", ["renew", "x", "--u"], preamble) == ["--uses"]
+    assert "--for" not in _bash_complete("capsudoctl", ["grant", "x", "-f", "--", "ls", "--fo"], preamble)
+    assert "bash" in _bash_complete("capsudoctl", ["grant", "x", "--listen", "/x", "--", "bas"], preamble)
 
 
 def test_tab_in_an_interactive_bash_completes_a_flag():
@@ -122,6 +131,8 @@ def test_fish_completes_flags_and_values():
     assert complete("capsudo-proxy", "capsudo-proxy --stdio --max-hands") == ["--max-handshakes",
                                                                                 "--max-handshakes-per-peer"]
     assert "--max-sessions" not in complete("capsudod", "capsudod -- ls --max-s")
+    assert complete("capsudoctl", "capsudoctl gr") == ["grant"]
+    assert complete("capsudoctl", "capsudoctl grant x --fo") == ["--for"]
 
 
 def test_zsh_parses_the_completions_and_compinit_registers_them(tmp_path):
@@ -131,7 +142,9 @@ def test_zsh_parses_the_completions_and_compinit_registers_them(tmp_path):
         check = subprocess.run(["zsh", "-n", path], capture_output=True, text=True, timeout=10)
         assert check.returncode == 0, check.stderr
     script = (f"fpath=({SHARE / 'zsh'} $fpath); autoload -U compinit; compinit -u -d {tmp_path}/zcompdump; "
-              "print -r -- $_comps[capsudo] $_comps[capsudod] $_comps[capsudod-pwauth] $_comps[capsudo-proxy]")
+              "print -r -- $_comps[capsudo] $_comps[capsudod] $_comps[capsudod-pwauth] $_comps[capsudo-proxy] "
+              "$_comps[capsudoctl]")
     result = subprocess.run(["zsh", "-f", "-c", script], capture_output=True, text=True, timeout=20,
                             env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
-    assert result.stdout.split() == ["_capsudo", "_capsudod", "_capsudod-pwauth", "_capsudo-proxy"], result.stderr
+    assert result.stdout.split() == ["_capsudo", "_capsudod", "_capsudod-pwauth", "_capsudo-proxy",
+                                      "_capsudoctl"], result.stderr

@@ -24,7 +24,7 @@ import pytest
 from test_packaging import ROOT, find_uv, run
 
 pytestmark = pytest.mark.root
-COMMANDS = ("capsudo", "capsudod", "capsudod-pwauth", "capsudo-proxy")
+COMMANDS = ("capsudo", "capsudod", "capsudod-pwauth", "capsudo-proxy", "capsudoctl")
 
 # Runs as root inside the mount namespace: argv is destdir, socket directory, uid, gid.
 SCENARIO = textwrap.dedent("""
@@ -101,7 +101,7 @@ def test_make_install_puts_working_commands_on_every_users_path(tmp_path, sock_d
     # The man pages where man looks, the completions where each shell looks.
     manuals = {path.relative_to(local / "share" / "man").as_posix() for path in (local / "share" / "man").rglob("*.[1-8]")}
     assert manuals == {"man1/capsudo.1", "man5/capsudo.toml.5", "man8/capsudod.8", "man8/capsudod-pwauth.8",
-                       "man8/capsudo-proxy.8"}
+                       "man8/capsudo-proxy.8", "man8/capsudoctl.8"}
     file_page = local / "share" / "man" / "man5" / "capsudo.toml.5"
     assert file_page.read_bytes() == (ROOT / "man" / "capsudo.toml.5").read_bytes()
     assert stat.S_IMODE(file_page.stat().st_mode) == 0o644

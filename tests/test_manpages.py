@@ -7,6 +7,9 @@ stated in the page too. So a new option, a renamed one or a changed limit
 fails here until its page says so. capsudo.toml(5) lists, as items of its
 FIELDS OF AN ENDPOINT section, exactly the fields an endpoint's table
 accepts, with the same defaults, and its EXAMPLES hold examples/capsudo.toml.
+capsudoctl(8) lists its global options under OPTIONS, the commands its
+parser knows as the items of COMMANDS, and each command's options in a
+subsection `Options of COMMAND`, exactly as its tables declare them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pytest
 
 from capsudo.client._cli import OPTIONS as CLIENT_OPTIONS
 from capsudo.core import BYTES, INTEGER, SECONDS
+from capsudo.ctl._cli import GLOBAL_OPTIONS, control_commands
 from capsudo.daemon._cli import command_line_options
 from capsudo.daemon._declared import file_fields
 from capsudo.proxy._settings import proxy_options
@@ -32,12 +36,15 @@ PAGES = {
     "capsudod.8": command_line_options,
     "capsudod-pwauth.8": pwauth_options,
     "capsudo-proxy.8": proxy_options,
+    "capsudoctl.8": lambda: GLOBAL_OPTIONS,
 }
 SECTIONS = ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "ENVIRONMENT", "EXIT STATUS", "EXAMPLES",
             "SEE ALSO", "SECURITY CONSIDERATIONS")
 MACRO = re.compile(r"^[A-Z][a-z][a-z]?$")
 FILE_PAGE = "capsudo.toml.5"
 FIELDS_SECTION = "FIELDS OF AN ENDPOINT"
+CTL_PAGE = "capsudoctl.8"
+CTL_SECTIONS = ("COMMANDS", "FILES")
 FILE_SECTIONS = ("NAME", "SYNOPSIS", "DESCRIPTION", FIELDS_SECTION, "RELOADING", "AUDIT", "FILES", "EXAMPLES",
                  "SEE ALSO", "SECURITY CONSIDERATIONS")
 
@@ -83,8 +90,8 @@ def _items(lines: list[str]) -> list[tuple[str, str]]:
     return items
 
 
-def _declared(table) -> set[str]:
-    flags = {"-h", "--help", "-V", "--version"}
+def _declared(table, *, help_and_version: bool = True) -> set[str]:
+    flags = {"-h", "--help", "-V", "--version"} if help_and_version else set()
     for option in table:
         flags.add(f"--{option.name}")
         flags.update(f"--{alias}" for alias in option.aliases)
@@ -103,6 +110,8 @@ def test_the_page_lists_exactly_the_commands_options(page):
     assert sorted(declared - listed) == [], "options of the table missing from the page"
     assert sorted(listed - declared) == [], "options in the page that the table lacks"
     synopsis = set().union(*(_flags(line) for line in sections["SYNOPSIS"]))
+    if page == CTL_PAGE:  # a command's options follow it in the synopsis
+        declared |= {flag for command in control_commands() for flag in _declared(command.options)}
     assert sorted(synopsis - declared - {"--"}) == []  # -- ends the options
     # Each item names one option, short and long together.
     for head, _ in _items(sections["OPTIONS"]):
@@ -122,6 +131,42 @@ def test_the_page_states_each_limits_default_as_help_does(page):
             continue
         body = next(body for head, body in items if f"--{option.name}" in _flags(head))
         assert f"Default: {option.shown_default()}" in body, option.name
+
+
+def _subsections(lines: list[str]) -> dict[str, list[str]]:
+    """The lines before the first .Ss (under ""), then each .Ss's lines by its title."""
+    subsections: dict[str, list[str]] = {"": []}
+    current = subsections[""]
+    for line in lines:
+        if line.startswith(".Ss "):
+            current = subsections.setdefault(line[4:].strip(), [])
+        else:
+            current.append(line)
+    return subsections
+
+
+def test_the_control_page_lists_exactly_the_commands_and_their_options():
+    sections = _sections((ROOT / "man" / CTL_PAGE).read_text())
+    assert [name for name in CTL_SECTIONS if name not in sections] == []
+    parts = _subsections(sections["COMMANDS"])
+    listed = [head.split()[2] for head, _ in _items(parts[""])]
+    assert [head.split()[1] for head, _ in _items(parts[""])] == ["Cm"] * len(listed)
+    assert listed == [command.name for command in control_commands()]
+    for command in control_commands():
+        title = f"Options of {command.name}"
+        if not command.options:
+            assert title not in parts, title
+            continue
+        items = _items(parts[title])
+        shown = set().union(*(_flags(head) for head, _ in items))
+        declared = _declared(command.options, help_and_version=False)
+        assert sorted(declared - shown) == [], f"{command.name}: options missing from the page"
+        assert sorted(shown - declared) == [], f"{command.name}: options in the page that it lacks"
+        for option in command.options:
+            if option.kind in (INTEGER, SECONDS, BYTES) or option.name == "mode":
+                body = next(body for head, body in items if f"--{option.name}" in _flags(head))
+                if option.shown_default() is not None:
+                    assert f"Default: {option.shown_default()}" in body, (command.name, option.name)
 
 
 def test_every_page_is_clean_under_mandoc_lint():

@@ -15,14 +15,14 @@ import json
 import os
 import socket
 import sys
+from typing import NamedTuple
 
-from capsudo.core import (INTEGER, SECONDS, TEXT, Option, UsageError, daemon_options, read_command_line,
-                          usage_error)
+from capsudo.core import (FLAG, SECONDS, TEXT, Option, UsageError, command_line_status, daemon_options,
+                          read_command_line, usage_error)
 
 DEFAULT_CONTROL = "/run/capsudo/control"
 REACH_FAILURE = 3
 REQUEST_FAILED = 1
-COMMANDS = "list, grant, renew, revoke, sessions, kill, pending, approve, deny, watch"
 
 USAGE = """\
 usage: capsudoctl [-S SOCKET] [--json] COMMAND ...
@@ -42,13 +42,66 @@ commands:
   deny ID [--reason TEXT]       refuse it; the caller reads the reason
   watch                         a full-screen view of requests as they arrive, deciding with one key
 
-  -S SOCKET   the control socket (default: $CAPSUDO_CONTROL, else /run/capsudo/control)
-  --json      print the daemon's answer as JSON, for programs
-  -h          show this help
+  -S, --control SOCKET  the control socket (default: $CAPSUDO_CONTROL, else /run/capsudo/control)
+  --json                print the daemon's answer as JSON, for programs
+  -h, --help            show this help
+  -V, --version         show the version
 
 exit status: 0 done, 1 refused or failed by the daemon, 2 a wrong command line,
 3 the control socket cannot be reached.
 """
+
+
+# Before the command; -h and -V come with every table.
+GLOBAL_OPTIONS = [
+    Option("control", TEXT, None, "the control socket", short="S", metavar="SOCKET",
+           default_text="$CAPSUDO_CONTROL, else " + DEFAULT_CONTROL),
+    Option("json", FLAG, False, "print the daemon's answer as JSON, for programs"),
+]
+
+
+class Command(NamedTuple):
+    """A command of the control socket: its operands, then its options; `grant` then takes a program."""
+
+    name: str
+    operands: tuple[str, ...]
+    options: list[Option]
+    takes_program: bool
+    help: str
+
+
+def control_commands() -> list[Command]:
+    """What capsudoctl's parser knows after the global options, in -h order."""
+    return [
+        Command("list", (), [], False, "endpoints: pins, owner and mode, expiry, uses left, sessions"),
+        Command("grant", ("NAME",), grant_options(), True, "an endpoint made now, for a while or a number of uses"),
+        Command("renew", ("NAME",), renew_options(), False, "a new expiry for a grant, counted from now"),
+        Command("revoke", ("NAME",), [], False, "its socket goes, its running programs are hung up"),
+        Command("sessions", (), [], False, "the sessions under way"),
+        Command("kill", ("SESSION",), [], False, "hang one session's program up"),
+        Command("pending", (), [], False, "requests waiting for approval, with everything known of each"),
+        Command("approve", ("ID",), approve_options(), False, "run that request"),
+        Command("deny", ("ID",), deny_options(), False, "refuse it; the caller reads the reason"),
+        Command("watch", (), [], False, "a full-screen view of requests as they arrive, deciding with one key"),
+    ]
+
+
+def approve_options() -> list[Option]:
+    return [Option("for", SECONDS, None, "approve that endpoint for that caller for a while too",
+                   metavar="DURATION", default_text="this request only")]
+
+
+def deny_options() -> list[Option]:
+    return [Option("reason", TEXT, None, "what the caller reads", metavar="TEXT", default_text="none")]
+
+
+def _command_names() -> str:
+    return ", ".join(command.name for command in control_commands())
+
+
+def renew_options() -> list[Option]:
+    by_name = {option.name: option for option in grant_options()}
+    return [by_name["for"].replace(help="the grant's new lifetime, from now"), by_name["uses"]]
 
 
 def grant_options() -> list[Option]:
@@ -65,10 +118,16 @@ def grant_options() -> list[Option]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        control, as_json, command, rest = _global_options(argv)
-        if command is None:
-            sys.stdout.write(USAGE)
-            return 0
+        parsed = read_command_line(GLOBAL_OPTIONS, argv)
+        status = command_line_status("capsudoctl", USAGE, parsed)
+        if status is not None:
+            return status
+        values, _, operands = parsed
+        if not operands:
+            raise UsageError(f"which command? {_command_names()}")
+        control = values.get("control") or os.environ.get("CAPSUDO_CONTROL") or DEFAULT_CONTROL
+        as_json = bool(values.get("json"))
+        command, rest = operands[0], operands[1:]
         request = _request(command, rest)
     except UsageError as exc:
         return usage_error("capsudoctl", exc)
@@ -93,26 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _global_options(argv: list[str]):
-    control = os.environ.get("CAPSUDO_CONTROL") or DEFAULT_CONTROL
-    as_json = False
-    while argv and argv[0].startswith("-"):
-        word = argv.pop(0)
-        if word in ("-h", "--help"):
-            return control, as_json, None, []
-        if word == "--json":
-            as_json = True
-        elif word == "-S" or word.startswith("-S"):
-            control = word[2:] or (argv.pop(0) if argv else "")
-            if not control:
-                raise UsageError("-S takes the control socket's path")
-        else:
-            raise UsageError(f"unknown option {word}")
-    if not argv:
-        raise UsageError(f"which command? {COMMANDS}")
-    return control, as_json, argv[0], argv[1:]
-
-
 def _request(command: str, rest: list[str]) -> dict:
     if command in ("list", "sessions"):
         if rest:
@@ -125,8 +164,7 @@ def _request(command: str, rest: list[str]) -> dict:
     if command == "renew":
         if not rest or rest[0].startswith("-"):
             raise UsageError("renew takes NAME --for DURATION")
-        table = [Option("for", SECONDS, None), Option("uses", INTEGER, None)]
-        values, _, operands = read_command_line(table, rest[1:])
+        values, _, operands = read_command_line(renew_options(), rest[1:])
         if values is None or values == "version" or operands or "for" not in values:
             raise UsageError("renew takes NAME --for DURATION [--uses N]")
         return {"command": "renew", "name": rest[0], **values}
@@ -137,7 +175,7 @@ def _request(command: str, rest: list[str]) -> dict:
             raise UsageError(f"{command} takes no operands, got {rest[0]!r}")
         return {"command": command}
     if command in ("approve", "deny"):
-        table = [Option("for", SECONDS, None)] if command == "approve" else [Option("reason", TEXT, None)]
+        table = approve_options() if command == "approve" else deny_options()
         usage = "approve takes ID [--for DURATION]" if command == "approve" else "deny takes ID [--reason TEXT]"
         if not rest or rest[0].startswith("-"):
             raise UsageError(usage)
@@ -145,7 +183,7 @@ def _request(command: str, rest: list[str]) -> dict:
         if values is None or values == "version" or operands:
             raise UsageError(usage)
         return {"command": command, "id": rest[0], **values}
-    raise UsageError(f"unknown command {command!r} ({COMMANDS})")
+    raise UsageError(f"unknown command {command!r} ({_command_names()})")
 
 
 def _grant(rest: list[str]) -> dict:
