@@ -35,6 +35,9 @@ commands:
   revoke NAME                   its socket goes, its running programs are hung up
   sessions                      the sessions under way
   kill SESSION                  hang one session's program up
+  requests                      capabilities asked for (capsudo-mcp's request_capability), pending or decided
+  grant NAME --request ID ...   grant one of them (the grant's own options say what is granted)
+  decline ID                    decline one
 
   -S SOCKET   the control socket (default: $CAPSUDO_CONTROL, else /run/capsudo/control)
   --json      print the daemon's answer as JSON, for programs
@@ -52,6 +55,7 @@ def grant_options() -> list[Option]:
         Option("listen", TEXT, None, "the address to serve the grant on", metavar="ADDRESS"),
         Option("for", SECONDS, None, "how long the grant lasts", metavar="DURATION"),
         Option("script", TEXT, None, "run a copy of this file, pinned by its SHA-256", metavar="FILE"),
+        Option("request", TEXT, None, "the pending request this grant answers", metavar="ID"),
         *options,
     ]
 
@@ -99,19 +103,20 @@ def _global_options(argv: list[str]):
         else:
             raise UsageError(f"unknown option {word}")
     if not argv:
-        raise UsageError("which command? list, grant, renew, revoke, sessions, kill")
+        raise UsageError("which command? list, grant, renew, revoke, sessions, kill, requests, decline")
     return control, as_json, argv[0], argv[1:]
 
 
 def _request(command: str, rest: list[str]) -> dict:
-    if command in ("list", "sessions"):
+    if command in ("list", "sessions", "requests"):
         if rest:
             raise UsageError(f"{command} takes no operands, got {rest[0]!r}")
         return {"command": command}
-    if command in ("revoke", "kill"):
+    if command in ("revoke", "kill", "decline"):
+        operand = {"revoke": "name", "kill": "session", "decline": "request"}[command]
         if len(rest) != 1:
-            raise UsageError(f"{command} takes one {'NAME' if command == 'revoke' else 'SESSION'}")
-        return {"command": command, "name" if command == "revoke" else "session": rest[0]}
+            raise UsageError(f"{command} takes one {'ID' if operand == 'request' else operand.upper()}")
+        return {"command": command, operand: rest[0]}
     if command == "renew":
         if not rest or rest[0].startswith("-"):
             raise UsageError("renew takes NAME --for DURATION")
@@ -122,7 +127,7 @@ def _request(command: str, rest: list[str]) -> dict:
         return {"command": "renew", "name": rest[0], **values}
     if command == "grant":
         return _grant(rest)
-    raise UsageError(f"unknown command {command!r} (list, grant, renew, revoke, sessions, kill)")
+    raise UsageError(f"unknown command {command!r} (list, grant, renew, revoke, sessions, kill, requests, decline)")
 
 
 def _grant(rest: list[str]) -> dict:
@@ -136,9 +141,10 @@ def _grant(rest: list[str]) -> dict:
         raise UsageError("grant needs --listen PATH, where the grant's socket goes")
     request: dict = {"command": "grant", "name": name}
     fields = {("endpoint" if key == "listen" else key): value for key, value in values.items()
-              if key not in ("for", "script")}
-    if "for" in values:
-        request["for"] = values["for"]
+              if key not in ("for", "script", "request")}
+    for key in ("for", "request"):
+        if key in values:
+            request[key] = values[key]
     if "script" in values:
         with open(values["script"], "rb") as file:
             request["script"] = base64.b64encode(file.read()).decode("ascii")
@@ -192,12 +198,22 @@ def _for_people(command: str, response: dict) -> str:
                          entry["since"], " ".join(entry["argv"])))
         return _table(rows)
     if command == "grant":
-        lines = [f"granted {response['name']} on {response['address']}"]
+        lines = [f"granted {response['name']} on {response['address']}"
+                 + (f", answering request {response['request']}" if response.get("request") else "")]
         lines.append(f"expires {response['expires'] or 'never'}, "
                      f"{response['uses_left'] if response['uses_left'] is not None else 'unlimited'} use(s)")
         if response.get("script"):
             lines.append(f"script sha256 {response['script']}")
         return "\n".join(lines) + "\n"
+    if command == "requests":
+        rows = [("REQUEST", "STATE", "USER", "SINCE", "FOR", "WHAT", "WHY")]
+        for entry in response["requests"]:
+            state = f"granted as {entry['grant']}" if entry["grant"] else entry["state"]
+            rows.append((entry["id"], state, entry["user"] or "-", entry["since"], entry["for"], entry["what"],
+                         entry["why"]))
+        return _table(rows)
+    if command == "decline":
+        return f"declined request {response['request']}\n"
     if command == "renew":
         return f"renewed {response['name']}: expires {response['expires']}\n"
     if command == "revoke":
