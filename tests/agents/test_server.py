@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tests.integration.daemon_process import kill_left_running, start_daemon
+from tests.integration.daemon_process import BIN, kill_left_running, start_daemon, wait_for_path
+from tests.integration.test_config_file_daemon import FileDaemon, file_daemons  # noqa: F401 (a fixture)
 
 CAPSUDO_MCP = str(Path(sys.executable).parent / "capsudo-mcp")
 
@@ -117,3 +119,25 @@ async def test_a_session_over_its_timeout(daemons, sock_dir):
         result = await client.call_tool("run_capability", {"capability": "slow", "timeout": 0.5})
     assert time.monotonic() - started < 3
     assert result.is_error and result.structured_content["error"]["code"] == "timeout"
+
+
+@pytest.mark.root
+async def test_a_request_for_a_capability_reaches_the_operator(sock_dir, file_daemons):  # noqa: F811
+    directory = Path(sock_dir)
+    (directory / "state").mkdir(mode=0o700)
+    (directory / "capsudo.toml").write_text(
+        f'[control]\nlisten = "{directory}/control"\nstate = "{directory}/state"\nrequesters = "*"\n\n'
+        f'[endpoint.hello]\nlisten = "{directory}/hello"\ncommand = ["echo", "hello"]\npin = "command"\n')
+    file_daemons.append(FileDaemon(directory / "capsudo.toml", directory / "daemon.log"))
+    wait_for_path(str(directory / "control"))
+    async with server("--endpoints-dir", sock_dir, "--control", f"{directory}/control") as client:
+        filed = await client.call_tool("request_capability", {"what": "restart nginx", "why": "502s", "duration": "5m"})
+        unreachable = Client(StdioServerParameters(command=CAPSUDO_MCP, args=[
+            "--endpoints-dir", sock_dir, "--control", f"{directory}/nothing"]))
+    async with unreachable as other:
+        failed = await other.call_tool("request_capability", {"what": "x", "why": "y"})
+    assert filed.structured_content["request_id"] == "r1" and filed.structured_content["state"] == "pending"
+    listed = subprocess.run([str(BIN / "capsudoctl"), "-S", f"{directory}/control", "requests"], capture_output=True,
+                            text=True, timeout=20)
+    assert "r1" in listed.stdout and "restart nginx" in listed.stdout and "pending" in listed.stdout
+    assert failed.is_error and failed.structured_content["error"]["code"] == "request-failed"
