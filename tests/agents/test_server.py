@@ -141,3 +141,21 @@ async def test_a_request_for_a_capability_reaches_the_operator(sock_dir, file_da
                             text=True, timeout=20)
     assert "r1" in listed.stdout and "restart nginx" in listed.stdout and "pending" in listed.stdout
     assert failed.is_error and failed.structured_content["error"]["code"] == "request-failed"
+
+
+@pytest.mark.root
+async def test_an_endpoint_that_asks_for_a_password(sock_dir):
+    # capsudod-pwauth challenges the first connection before PAM is asked anything.
+    if not os.path.exists("/etc/pam.d/other"):
+        pytest.skip("no PAM service 'other' in /etc/pam.d")
+    front = subprocess.Popen([str(BIN / "capsudod-pwauth"), "-S", f"{sock_dir}/pw", "--service", "other", "--",
+                              str(BIN / "capsudod"), "-f", "-E", "--", "/bin/true"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_path(f"{sock_dir}/pw")
+        async with server("--endpoint", f"pw={sock_dir}/pw") as client:
+            result = await client.call_tool("run_capability", {"capability": "pw"})
+    finally:
+        front.terminate()
+        front.wait(10)
+    assert result.is_error and result.structured_content["error"]["code"] == "password-needed"
