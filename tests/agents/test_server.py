@@ -159,3 +159,9 @@ async def test_an_endpoint_that_asks_for_a_password(sock_dir):
         front.terminate()
         front.wait(10)
     assert result.is_error and result.structured_content["error"]["code"] == "password-needed"
+
+
+def test_the_command_line_client_never_loads_the_sdk():
+    code = "import capsudo.client, capsudo.core, sys; print('mcp' in sys.modules, 'capsudo.mcp' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]
