@@ -7,10 +7,16 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .uv/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(shell command -v $(PYTHON))
 
-.PHONY: demo test venv bytecode bench fuzz clean install
+.PHONY: demo demo-agent test venv bytecode bench fuzz clean install
 
 demo: bytecode
 	.venv/bin/python examples/demo.py
+
+# An agent in bubblewrap, as its own user, whose one privilege is an
+# endpoint: it restarts a service through capsudo-mcp and reaches nothing
+# else (examples/agent-sandbox). Needs root and bubblewrap.
+demo-agent: venv
+	.venv/bin/python examples/agent-sandbox/sandbox.py
 
 test: bytecode
 	.venv/bin/python -m pytest

@@ -90,7 +90,7 @@ def test_bash_completes_flags_values_and_the_program(with_bash_completion, tmp_p
     assert "bash" in _bash_complete("capsudo", ["-S", "/run/capsudo/x", "bas"], preamble)
     # capsudoctl: a command's name, then its operands, its options, and grant's program after --.
     assert _bash_complete("capsudoctl", ["gr"], preamble) == ["grant"]
-    assert _bash_complete("capsudoctl", ["-S", "/run/x", "re"], preamble) == ["renew", "revoke"]
+    assert _bash_complete("capsudoctl", ["-S", "/run/x", "re"], preamble) == ["renew", "revoke", "requests"]
     assert _bash_complete("capsudoctl", ["grant", "--fo"], preamble) == []  # NAME comes first
     assert _bash_complete("capsudoctl", ["grant", "x", "--fo"], preamble) == ["--for"]
     assert _bash_complete("capsudoctl", ["renew", "x", "--u"], preamble) == ["--uses"]

@@ -184,3 +184,51 @@ def test_a_granted_session_is_in_the_audit_with_its_id_and_user(control):
     assert len({line["session"] for line in events}) == 1
     assert events[0]["peer"]["user"] == "root"
     assert events[2]["decision"] == "allowed"
+
+
+def _as_user(user, directory: Path, request: dict) -> dict:
+    """One control request sent by the scratch user, with the system's python3 and nothing of ours."""
+    _, uid, gid = user
+    code = ("import json, socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n"
+            "s.sendall(sys.argv[2].encode() + b'\\n')\nprint(s.makefile().readline())")
+    result = subprocess.run(["/usr/bin/python3", "-c", code, str(directory / "control"), json.dumps(request)],
+                            user=uid, group=gid, extra_groups=[], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_requester_files_a_request_that_the_operator_lists_and_grants(control, scratch_user):
+    start, ctl, directory = control
+    config = directory / "capsudo.toml"
+    config.write_text(config.read_text().replace("[control]\n", '[control]\nrequesters = "*"\n'))
+    start()
+    os.chmod(directory, 0o755)
+    filed = _as_user(scratch_user, directory, {"command": "request", "what": "restart nginx", "why": "it hangs",
+                                               "for": "10m"})
+    assert filed == {"ok": True, "id": "r1", "state": "pending"}
+    # A requester may do nothing else.
+    assert _as_user(scratch_user, directory, {"command": "list"})["ok"] is False
+    listed_requests = json.loads(ctl("--json", "requests").stdout)["requests"]
+    assert [(entry["id"], entry["what"], entry["user"], entry["state"]) for entry in listed_requests] == [
+        ("r1", "restart nginx", scratch_user[0], "pending")]
+    granted = ctl("grant", "nginx", "--request", "r1", "--listen", str(directory / "nginx"), "--for", "10m",
+                  "--", "echo", "restarted")
+    assert granted.returncode == 0 and "answering request r1" in granted.stdout, granted.stderr
+    assert "granted as nginx" in ctl("requests").stdout
+    assert run_client(directory / "nginx").stdout == "restarted\n"
+    again = ctl("grant", "other", "--request", "r1", "--listen", str(directory / "other"), "--", "true")
+    assert again.returncode == 1 and "request r1 is granted already" in again.stderr
+    assert _as_user(scratch_user, directory, {"command": "request", "what": "x", "why": "y", "for": "2m"})["id"] == "r2"
+    assert ctl("decline", "r2").returncode == 0 and "declined" in ctl("requests").stdout
+
+
+def test_without_requesters_a_user_cannot_file_a_request(control, scratch_user):
+    start, ctl, directory = control
+    start()
+    assert os.stat(directory / "control").st_mode & 0o777 == 0o600
+    os.chmod(directory, 0o755)
+    _, uid, gid = scratch_user
+    refused = subprocess.run(["/usr/bin/python3", "-c", "import socket, sys; socket.socket(socket.AF_UNIX)"
+                              ".connect(sys.argv[1])", str(directory / "control")], user=uid, group=gid,
+                             extra_groups=[], capture_output=True, text=True, timeout=20)
+    assert refused.returncode == 1 and "PermissionError" in refused.stderr

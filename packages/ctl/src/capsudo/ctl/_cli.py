@@ -41,6 +41,9 @@ commands:
                                 for a while too
   deny ID [--reason TEXT]       refuse it; the caller reads the reason
   watch                         a full-screen view of requests as they arrive, deciding with one key
+  requests                      capabilities asked for (capsudo-mcp's request_capability), pending or decided
+  grant NAME --request ID ...   grant one of them (the grant's own options say what is granted)
+  decline ID                    decline one
 
   -S, --control SOCKET  the control socket (default: $CAPSUDO_CONTROL, else /run/capsudo/control)
   --json                print the daemon's answer as JSON, for programs
@@ -83,6 +86,9 @@ def control_commands() -> list[Command]:
         Command("approve", ("ID",), approve_options(), False, "run that request"),
         Command("deny", ("ID",), deny_options(), False, "refuse it; the caller reads the reason"),
         Command("watch", (), [], False, "a full-screen view of requests as they arrive, deciding with one key"),
+        Command("requests", (), [], False, "capabilities asked for (capsudo-mcp's request_capability), pending or "
+                "decided"),
+        Command("decline", ("ID",), [], False, "decline one of them"),
     ]
 
 
@@ -111,6 +117,7 @@ def grant_options() -> list[Option]:
         Option("listen", TEXT, None, "the address to serve the grant on", metavar="ADDRESS"),
         Option("for", SECONDS, None, "how long the grant lasts", metavar="DURATION"),
         Option("script", TEXT, None, "run a copy of this file, pinned by its SHA-256", metavar="FILE"),
+        Option("request", TEXT, None, "the pending request this grant answers", metavar="ID"),
         *options,
     ]
 
@@ -153,14 +160,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _request(command: str, rest: list[str]) -> dict:
-    if command in ("list", "sessions"):
+    if command in ("list", "sessions", "requests"):
         if rest:
             raise UsageError(f"{command} takes no operands, got {rest[0]!r}")
         return {"command": command}
-    if command in ("revoke", "kill"):
+    if command in ("revoke", "kill", "decline"):
+        operand = {"revoke": "name", "kill": "session", "decline": "request"}[command]
         if len(rest) != 1:
-            raise UsageError(f"{command} takes one {'NAME' if command == 'revoke' else 'SESSION'}")
-        return {"command": command, "name" if command == "revoke" else "session": rest[0]}
+            raise UsageError(f"{command} takes one {'ID' if operand == 'request' else operand.upper()}")
+        return {"command": command, operand: rest[0]}
     if command == "renew":
         if not rest or rest[0].startswith("-"):
             raise UsageError("renew takes NAME --for DURATION")
@@ -197,9 +205,10 @@ def _grant(rest: list[str]) -> dict:
         raise UsageError("grant needs --listen PATH, where the grant's socket goes")
     request: dict = {"command": "grant", "name": name}
     fields = {("endpoint" if key == "listen" else key): value for key, value in values.items()
-              if key not in ("for", "script")}
-    if "for" in values:
-        request["for"] = values["for"]
+              if key not in ("for", "script", "request")}
+    for key in ("for", "request"):
+        if key in values:
+            request[key] = values[key]
     if "script" in values:
         with open(values["script"], "rb") as file:
             request["script"] = base64.b64encode(file.read()).decode("ascii")
@@ -253,12 +262,22 @@ def _for_people(command: str, response: dict) -> str:
                          entry["since"], " ".join(entry["argv"])))
         return _table(rows)
     if command == "grant":
-        lines = [f"granted {response['name']} on {response['address']}"]
+        lines = [f"granted {response['name']} on {response['address']}"
+                 + (f", answering request {response['request']}" if response.get("request") else "")]
         lines.append(f"expires {response['expires'] or 'never'}, "
                      f"{response['uses_left'] if response['uses_left'] is not None else 'unlimited'} use(s)")
         if response.get("script"):
             lines.append(f"script sha256 {response['script']}")
         return "\n".join(lines) + "\n"
+    if command == "requests":
+        rows = [("REQUEST", "STATE", "USER", "SINCE", "FOR", "WHAT", "WHY")]
+        for entry in response["requests"]:
+            state = f"granted as {entry['grant']}" if entry["grant"] else entry["state"]
+            rows.append((entry["id"], state, entry["user"] or "-", entry["since"], entry["for"], entry["what"],
+                         entry["why"]))
+        return _table(rows)
+    if command == "decline":
+        return f"declined request {response['request']}\n"
     if command == "renew":
         return f"renewed {response['name']}: expires {response['expires']}\n"
     if command == "revoke":

@@ -1,4 +1,5 @@
-"""The control socket of `capsudod --config`: list, grant, renew, revoke, sessions, kill; pending, approve, deny, watch.
+"""The control socket of `capsudod --config`: list, grant, renew, revoke, sessions, kill; pending, approve, deny,
+watch; and requests.
 
 A Unix socket (`[control] listen`, default /run/capsudo/control) that only
 root and the members of `[control] group` may reach: its mode says so
@@ -9,6 +10,12 @@ request per connection (docs/control.md), except `watch`, whose connection
 stays open and carries a line per pending request and per decision. Each
 request is a line in the daemon's log, with who asked and what came of it.
 Approval commands are further limited to the endpoint's approver group.
+
+`[control] requesters` (a group, or "*" for any local user) lets others
+reach the socket for one command only, `request`: a capability asked for
+with a reason, kept pending until the operator grants it (`grant
+--request ID`) or declines it. The socket is then mode 0666, and the
+peer's uid alone decides what it may do.
 """
 
 from __future__ import annotations
@@ -37,7 +44,11 @@ CONTROL = "control"
 # A request, a script's content included, fits in this; a longer line is refused.
 MAX_REQUEST = 4 << 20
 REQUEST_TIMEOUT = 10.0
-_CONTROL_FIELDS = ("listen", "group", "state")
+_CONTROL_FIELDS = ("listen", "group", "state", "requesters")
+ANY_PEER = "*"
+# Pending requests kept at once, and the longest text of one: a requester cannot fill the daemon's memory.
+MAX_PENDING = 64
+MAX_REQUEST_TEXT = 1024
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,7 @@ class ControlSettings:
     listen: str = DEFAULT_CONTROL
     group: str | None = None
     state: str = DEFAULT_STATE
+    requesters: str | None = None
 
 
 def control_settings(path: str) -> ControlSettings | None:
@@ -58,11 +70,12 @@ def control_settings(path: str) -> ControlSettings | None:
             raise ConfigFileError(f"{path}: control.{key}: unknown field (known: {', '.join(_CONTROL_FIELDS)})")
         if not isinstance(value, str) or not value:
             raise ConfigFileError(f"{path}: control.{key}: takes a string, got {value!r}")
-    if "group" in table:
-        try:
-            grp.getgrnam(table["group"])
-        except KeyError:
-            raise ConfigFileError(f"{path}: control.group: no group {table['group']!r} on this system") from None
+    for key in ("group", "requesters"):
+        if key in table and table[key] != (ANY_PEER if key == "requesters" else None):
+            try:
+                grp.getgrnam(table[key])
+            except KeyError:
+                raise ConfigFileError(f"{path}: control.{key}: no group {table[key]!r} on this system") from None
     return ControlSettings(**table)
 
 
@@ -78,6 +91,11 @@ class ControlServer:
         self.state = StateDirectory(settings.state)
         self.grants: dict[str, Grant] = {}
         self._gid = grp.getgrnam(settings.group).gr_gid if settings.group else None
+        requesters = settings.requesters
+        self._requester_gid = grp.getgrnam(requesters).gr_gid if requesters and requesters != ANY_PEER else None
+        #: Capability requests by id, pending or decided, in memory only.
+        self.requests: dict[str, dict] = {}
+        self._next_request = 1
 
     # ---- grants kept across restarts ----------------------------------------
 
@@ -124,6 +142,8 @@ class ControlServer:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         owner, mode = (Owner(0, self._gid), 0o660) if self._gid is not None else (Owner(0, 0), 0o600)
+        if self.settings.requesters:
+            mode = 0o666  # requesters reach it too; each peer's uid is checked below
         try:
             listener = await open_unix_listener(self.settings.listen, owner=owner, mode=mode)
         except EndpointError as exc:
@@ -151,15 +171,10 @@ class ControlServer:
                 await listener.aclose()
 
     def _allowed(self, uid: int) -> bool:
-        if uid == 0:
-            return True
-        if self._gid is None:
-            return False
-        try:
-            user = pwd.getpwuid(uid)
-        except KeyError:
-            return False
-        return self._gid in os.getgrouplist(user.pw_name, user.pw_gid)
+        return uid == 0 or _member(uid, self._gid)
+
+    def _may_request(self, uid: int) -> bool:
+        return self.settings.requesters == ANY_PEER or _member(uid, self._requester_gid)
 
     async def _serve_connection(self, connection) -> None:
         connection.setblocking(False)
@@ -167,7 +182,8 @@ class ControlServer:
         async with stream:
             peer = peer_credentials(connection)
             who = f"uid={peer.uid} ({_user_name(peer.uid)}) pid={peer.pid}"
-            if not self._allowed(peer.uid):
+            operator = self._allowed(peer.uid)
+            if not operator and not self._may_request(peer.uid):
                 self._log(f"control: {who}: refused, not root nor in the control group")
                 await _reply(stream, {"ok": False, "error": "permission denied: only root and the members of "
                                       "the control group may use this socket"})
@@ -180,10 +196,12 @@ class ControlServer:
                 if not isinstance(parsed, dict) or not isinstance(parsed.get("command"), str):
                     raise ControlError('a request is a JSON object with a "command"')
                 request = parsed
+                if not operator and request["command"] != "request":
+                    raise ControlError("permission denied: a requester may only file a request")
                 if request["command"] == "watch":
                     self._log(f"control: {who}: watch")
                     return await self._watch(stream, peer.uid)
-                response = {"ok": True, **await self._handle(request, peer.uid)}
+                response = {"ok": True, **await self._handle(request, peer)}
             except trio.TooSlowError:
                 response = {"ok": False, "error": f"no request within {REQUEST_TIMEOUT:g}s"}
             except (ValueError, UnicodeDecodeError):
@@ -191,23 +209,64 @@ class ControlServer:
             except (ControlError, GrantError, UsageError) as exc:
                 response = {"ok": False, "error": str(exc)}
             outcome = "ok" if response["ok"] else f"failed: {response['error']}"
-            target = request.get("name") or request.get("session") or request.get("id") or ""
+            target = (request.get("name") or request.get("session") or request.get("id") or request.get("request")
+                      or "")
             self._log(f"control: {who}: {request.get('command', '?')}{' ' + str(target) if target else ''}: {outcome}")
             await _reply(stream, response)
 
     # ---- requests -------------------------------------------------------------
 
-    async def _handle(self, request: dict, uid: int) -> dict:
+    async def _handle(self, request: dict, peer) -> dict:
         command = request["command"]
+        if command == "request":
+            return self._file_request(request, peer)
         deciding = {"pending": self._pending, "approve": self._approve, "deny": self._deny}.get(command)
         if deciding is not None:
-            return deciding(request, uid)
+            return deciding(request, peer.uid)
         handler = {"list": self._list, "grant": self._grant, "renew": self._renew, "revoke": self._revoke,
-                   "sessions": self._sessions, "kill": self._kill}.get(command)
+                   "sessions": self._sessions, "kill": self._kill, "requests": self._requests,
+                   "decline": self._decline}.get(command)
         if handler is None:
             raise ControlError(f"unknown command {command!r} (known: list, grant, renew, revoke, sessions, kill, "
-                               "pending, approve, deny, watch)")
+                               "pending, approve, deny, watch, request, requests, decline)")
         return await handler(request)
+
+    def _file_request(self, request: dict, peer) -> dict:
+        texts = {}
+        for field in ("what", "why", "for"):
+            value = request.get(field)
+            if not isinstance(value, str) or not value.strip() or len(value) > MAX_REQUEST_TEXT:
+                raise ControlError(f"a request needs {field!r}: a text of 1 to {MAX_REQUEST_TEXT} characters")
+            texts[field] = value.strip()
+        _duration(texts["for"], "for")
+        if sum(entry["state"] == "pending" for entry in self.requests.values()) >= MAX_PENDING:
+            raise ControlError(f"{MAX_PENDING} requests are pending already; try again once some are decided")
+        ident = f"r{self._next_request}"
+        self._next_request += 1
+        uid = getattr(peer, "uid", None)
+        self.requests[ident] = {"id": ident, **texts, "uid": uid,
+                                "user": _user_name(uid) if uid is not None else None,
+                                "pid": getattr(peer, "pid", None), "since": rfc3339(time.time()),
+                                "state": "pending", "grant": None}
+        self._log(f"request {ident} from {self.requests[ident]['user']}: {texts['what']!r} "
+                  f"for {texts['for']}, because {texts['why']!r}")
+        return {"id": ident, "state": "pending"}
+
+    async def _requests(self, request: dict) -> dict:
+        return {"requests": list(self.requests.values())}
+
+    def _open_request(self, ident) -> dict:
+        entry = self.requests.get(ident) if isinstance(ident, str) else None
+        if entry is None:
+            raise ControlError(f"no request {ident}")
+        if entry["state"] != "pending":
+            raise ControlError(f"request {ident} is {entry['state']} already")
+        return entry
+
+    async def _decline(self, request: dict) -> dict:
+        entry = self._open_request(request.get("request"))
+        entry["state"] = "declined"
+        return {"request": entry["id"], "state": "declined"}
 
     # ---- approval -------------------------------------------------------------
 
@@ -312,6 +371,7 @@ class ControlServer:
 
     async def _grant(self, request: dict) -> dict:
         name = _name(request)
+        answered = self._open_request(request["request"]) if "request" in request else None
         if name in self.supervisor.running:
             raise ControlError(f"an endpoint named {name} exists already (revoke it first)")
         fields = request.get("fields")
@@ -339,7 +399,9 @@ class ControlServer:
         grant = Grant(name, fields, expires_at, uses, digest, at_expiry)
         await self._start(grant)
         self._save()
-        return {"name": name, "address": fields["endpoint"], "expires": rfc3339(expires_at) if expires_at else None,
+        if answered is not None:
+            answered.update(state="granted", grant=name)
+        return {"name": name, "request": answered["id"] if answered else None, "address": fields["endpoint"], "expires": rfc3339(expires_at) if expires_at else None,
                 "uses_left": uses, "script": digest}
 
     async def _renew(self, request: dict) -> dict:
@@ -415,6 +477,16 @@ def _left(grant: Grant) -> str:
     expires = f"until {rfc3339(grant.expires_at)}" if grant.expires_at is not None else "without expiry"
     uses = f"{grant.uses_left} use(s) left" if grant.uses_left is not None else "unlimited uses"
     return f"{expires}, {uses}"
+
+
+def _member(uid: int, gid: int | None) -> bool:
+    if gid is None:
+        return False
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return gid in os.getgrouplist(user.pw_name, user.pw_gid)
 
 
 def _user_name(uid: int) -> str:

@@ -1,0 +1,167 @@
+"""capsudo-mcp as an agent meets it: the SDK's own client over stdio, a real server process, real daemons."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mcp import Client, StdioServerParameters
+
+from tests.integration.daemon_process import BIN, kill_left_running, start_daemon, wait_for_path
+from tests.integration.test_config_file_daemon import FileDaemon, file_daemons  # noqa: F401 (a fixture)
+
+CAPSUDO_MCP = str(Path(sys.executable).parent / "capsudo-mcp")
+
+
+@pytest.fixture
+def daemons(sock_dir):
+    started = []
+
+    def start(name: str, *args: str):
+        daemon = start_daemon(os.path.join(sock_dir, name), *args)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    kill_left_running(started)
+
+
+def server(*args: str) -> Client:
+    return Client(StdioServerParameters(command=CAPSUDO_MCP, args=list(args)))
+
+
+async def test_lists_its_tools_and_says_what_it_is_for(sock_dir):
+    async with server("--endpoint", f"x={sock_dir}/x") as client:
+        tools = {tool.name for tool in (await client.list_tools()).tools}
+        assert tools == {"list_capabilities", "run_capability", "request_capability"}
+        assert "capabilities" in client.instructions and "never retry" in client.instructions
+
+
+async def test_lists_each_socket_of_a_directory_with_what_it_describes(daemons, sock_dir):
+    daemons("restart-web", "-f", "-E", "--", "/bin/true")
+    daemons("logs", "--", "/bin/echo")
+    async with server("--endpoints-dir", sock_dir, "--description", "restart-web=restarts the web server",
+                      "--pinned", "restart-web") as client:
+        result = await client.call_tool("list_capabilities", {})
+    held = {entry["name"]: entry for entry in result.structured_content["capabilities"]}
+    assert sorted(held) == ["logs", "restart-web"]
+    assert held["restart-web"]["description"] == "restarts the web server"
+    assert held["restart-web"]["accepts_arguments"] is False
+    assert held["logs"]["address"] == f"{sock_dir}/logs" and held["logs"]["description"] == "unknown"
+
+
+async def test_runs_a_pinned_endpoint_and_a_prefix_endpoint_with_arguments(daemons, sock_dir):
+    daemons("pinned", "-f", "-E", "--", "/bin/sh", "-c", "echo pinned; echo oops >&2; exit 3")
+    daemons("prefix", "--", "/bin/echo", "said:")
+    async with server("--endpoints-dir", sock_dir) as client:
+        pinned = await client.call_tool("run_capability", {"capability": "pinned"})
+        prefix = await client.call_tool("run_capability", {"capability": "prefix", "arguments": ["a", "b c"]})
+        fed = await client.call_tool("run_capability", {"capability": "prefix", "arguments": []})
+    assert not pinned.is_error
+    assert pinned.structured_content["exit_status"] == 3
+    assert pinned.structured_content["stdout"] == "pinned\n" and pinned.structured_content["stderr"] == "oops\n"
+    assert "exit status 3" in pinned.content[0].text
+    assert prefix.structured_content["stdout"] == "said: a b c\n"
+    assert prefix.structured_content["exit_status"] == 0 and prefix.structured_content["signal"] is None
+    assert fed.structured_content["duration_seconds"] > 0
+
+
+async def test_stdin_reaches_the_program(daemons, sock_dir):
+    daemons("count", "-f", "-E", "--", "/usr/bin/wc", "-c")
+    async with server("--endpoints-dir", sock_dir) as client:
+        result = await client.call_tool("run_capability", {"capability": "count", "stdin": "hello"})
+    assert result.structured_content["stdout"].strip() == "5"
+
+
+async def test_output_over_the_cap_comes_back_truncated_and_flagged(daemons, sock_dir):
+    daemons("loud", "-f", "-E", "--", "/bin/sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x")
+    async with server("--endpoints-dir", sock_dir, "--max-output", "1K") as client:
+        result = await client.call_tool("run_capability", {"capability": "loud"})
+    content = result.structured_content
+    assert content["stdout"] == "x" * 1024
+    assert content["stdout_truncated"] is True and content["stdout_bytes"] == 100000
+    assert content["stderr_truncated"] is False and content["exit_status"] == 0
+
+
+async def test_arguments_to_a_pinned_endpoint_are_refused_not_ignored(daemons, sock_dir):
+    daemons("restart", "-f", "-E", "--", "/bin/sh", "-c", f"touch {sock_dir}/ran")
+    async with server("--endpoints-dir", sock_dir, "--pinned", "restart") as client:
+        result = await client.call_tool("run_capability", {"capability": "restart", "arguments": ["apache"]})
+    assert result.is_error and result.structured_content["error"]["code"] == "refused-arguments"
+    assert not os.path.exists(f"{sock_dir}/ran")
+
+
+async def test_daemon_not_running(sock_dir):
+    async with server("--endpoint", f"gone={sock_dir}/gone") as client:
+        result = await client.call_tool("run_capability", {"capability": "gone"})
+        unknown = await client.call_tool("run_capability", {"capability": "nope"})
+    assert result.is_error and result.structured_content["error"]["code"] == "daemon-not-running"
+    assert "next" in result.structured_content["error"] and "error daemon-not-running" in result.content[0].text
+    assert unknown.structured_content["error"]["code"] == "unknown-capability"
+
+
+async def test_a_grant_that_expires_during_the_session(daemons, sock_dir):
+    daemons("brief", "--expires", "1s", "-f", "-E", "--", "/bin/sleep", "10")
+    async with server("--endpoints-dir", sock_dir) as client:
+        result = await client.call_tool("run_capability", {"capability": "brief"})
+    error = result.structured_content["error"]
+    assert result.is_error and error["code"] == "expired" and "this capability expired" in error["message"]
+
+
+async def test_a_session_over_its_timeout(daemons, sock_dir):
+    daemons("slow", "-f", "-E", "--", "/bin/sleep", "5")
+    async with server("--endpoints-dir", sock_dir) as client:
+        started = time.monotonic()
+        result = await client.call_tool("run_capability", {"capability": "slow", "timeout": 0.5})
+    assert time.monotonic() - started < 3
+    assert result.is_error and result.structured_content["error"]["code"] == "timeout"
+
+
+@pytest.mark.root
+async def test_a_request_for_a_capability_reaches_the_operator(sock_dir, file_daemons):  # noqa: F811
+    directory = Path(sock_dir)
+    (directory / "state").mkdir(mode=0o700)
+    (directory / "capsudo.toml").write_text(
+        f'[control]\nlisten = "{directory}/control"\nstate = "{directory}/state"\nrequesters = "*"\n\n'
+        f'[endpoint.hello]\nlisten = "{directory}/hello"\ncommand = ["echo", "hello"]\npin = "command"\n')
+    file_daemons.append(FileDaemon(directory / "capsudo.toml", directory / "daemon.log"))
+    wait_for_path(str(directory / "control"))
+    async with server("--endpoints-dir", sock_dir, "--control", f"{directory}/control") as client:
+        filed = await client.call_tool("request_capability", {"what": "restart nginx", "why": "502s", "duration": "5m"})
+        unreachable = Client(StdioServerParameters(command=CAPSUDO_MCP, args=[
+            "--endpoints-dir", sock_dir, "--control", f"{directory}/nothing"]))
+    async with unreachable as other:
+        failed = await other.call_tool("request_capability", {"what": "x", "why": "y"})
+    assert filed.structured_content["request_id"] == "r1" and filed.structured_content["state"] == "pending"
+    listed = subprocess.run([str(BIN / "capsudoctl"), "-S", f"{directory}/control", "requests"], capture_output=True,
+                            text=True, timeout=20)
+    assert "r1" in listed.stdout and "restart nginx" in listed.stdout and "pending" in listed.stdout
+    assert failed.is_error and failed.structured_content["error"]["code"] == "request-failed"
+
+
+@pytest.mark.root
+async def test_an_endpoint_that_asks_for_a_password(sock_dir):
+    # capsudod-pwauth challenges the first connection before PAM is asked anything.
+    if not os.path.exists("/etc/pam.d/other"):
+        pytest.skip("no PAM service 'other' in /etc/pam.d")
+    front = subprocess.Popen([str(BIN / "capsudod-pwauth"), "-S", f"{sock_dir}/pw", "--service", "other", "--",
+                              str(BIN / "capsudod"), "-f", "-E", "--", "/bin/true"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_path(f"{sock_dir}/pw")
+        async with server("--endpoint", f"pw={sock_dir}/pw") as client:
+            result = await client.call_tool("run_capability", {"capability": "pw"})
+    finally:
+        front.terminate()
+        front.wait(10)
+    assert result.is_error and result.structured_content["error"]["code"] == "password-needed"
+
+
+def test_the_command_line_client_never_loads_the_sdk():
+    code = "import capsudo.client, capsudo.core, sys; print('mcp' in sys.modules, 'capsudo.mcp' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]
