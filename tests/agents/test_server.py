@@ -12,6 +12,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from tests.integration.daemon_process import BIN, kill_left_running, start_daemon, wait_for_path
+from tests.integration.proxy_process import start_proxy
 from tests.integration.test_config_file_daemon import FileDaemon, file_daemons  # noqa: F401 (a fixture)
 
 CAPSUDO_MCP = str(Path(sys.executable).parent / "capsudo-mcp")
@@ -42,16 +43,59 @@ async def test_lists_its_tools_and_says_what_it_is_for(sock_dir):
 
 
 async def test_lists_each_socket_of_a_directory_with_what_it_describes(daemons, sock_dir):
-    daemons("restart-web", "-f", "-E", "--", "/bin/true")
+    daemons("restart-web", "--description", "restarts the web server", "-f", "-E", "-e", "LANG=C", "-e",
+            "TOKEN=s3cret", "--", "/bin/true")
     daemons("logs", "--", "/bin/echo")
-    async with server("--endpoints-dir", sock_dir, "--description", "restart-web=restarts the web server",
-                      "--pinned", "restart-web") as client:
+    async with server("--endpoints-dir", sock_dir) as client:
         result = await client.call_tool("list_capabilities", {})
     held = {entry["name"]: entry for entry in result.structured_content["capabilities"]}
     assert sorted(held) == ["logs", "restart-web"]
-    assert held["restart-web"]["description"] == "restarts the web server"
-    assert held["restart-web"]["accepts_arguments"] is False
-    assert held["logs"]["address"] == f"{sock_dir}/logs" and held["logs"]["description"] == "unknown"
+    web, logs = held["restart-web"], held["logs"]
+    assert web["description"] == "restarts the web server" and web["accepts_arguments"] is False
+    assert web["pinned_environment"] == ["LANG", "TOKEN"] and "s3cret" not in str(result.structured_content)
+    assert web["program"].endswith("/true") and web["user"] is None
+    assert web["approval_needed"] is False and web["password_needed"] is False and web["not_described"] is None
+    assert logs["address"] == f"{sock_dir}/logs" and logs["accepts_arguments"] is True
+    assert logs["expires"] == "unknown" and logs["uses_left"] == "unknown"
+
+
+async def test_a_grant_tells_its_expiry_and_uses(daemons, sock_dir):
+    daemons("brief", "--expires", "1h", "--uses", "3", "--", "/bin/echo")
+    async with server("--endpoints-dir", sock_dir) as client:
+        result = await client.call_tool("list_capabilities", {})
+    [brief] = result.structured_content["capabilities"]
+    assert brief["uses_left"] == 3 and brief["expires"].startswith("20") and brief["expires"].endswith("+00:00")
+
+
+@pytest.fixture
+def undescribed(sock_dir, tmp_path):
+    """An endpoint behind capsudo-proxy, which does not know the describe extension."""
+    behind = start_daemon(str(tmp_path / "behind"), "-f", "-E", "--", "/bin/sh", "-c", f"touch {tmp_path}/ran")
+    proxy = start_proxy(os.path.join(sock_dir, "proxied"), behind.socket, log_path=tmp_path / "proxy.log")
+    yield tmp_path / "ran"
+    proxy.stop()
+    kill_left_running([behind])
+
+
+async def test_an_endpoint_that_does_not_describe_itself_is_unknown_not_an_error(undescribed, sock_dir):
+    async with server("--endpoints-dir", sock_dir) as client:
+        listed = await client.call_tool("list_capabilities", {})
+        ran = await client.call_tool("run_capability", {"capability": "proxied"})
+    [entry] = listed.structured_content["capabilities"]
+    assert not listed.is_error and "does not describe itself" in entry["not_described"]
+    assert entry["accepts_arguments"] == entry["approval_needed"] == entry["program"] == "unknown"
+    assert not ran.is_error and ran.structured_content["exit_status"] == 0 and undescribed.exists()
+
+
+async def test_the_operator_pins_an_endpoint_that_does_not_describe_itself(undescribed, sock_dir):
+    async with server("--endpoints-dir", sock_dir, "--pinned", "proxied", "--description",
+                      "proxied=touches a file") as client:
+        listed = await client.call_tool("list_capabilities", {})
+        refused = await client.call_tool("run_capability", {"capability": "proxied", "arguments": ["x"]})
+    [entry] = listed.structured_content["capabilities"]
+    assert entry["accepts_arguments"] is False and entry["description"] == "touches a file"
+    assert refused.is_error and refused.structured_content["error"]["code"] == "refused-arguments"
+    assert not undescribed.exists()
 
 
 async def test_runs_a_pinned_endpoint_and_a_prefix_endpoint_with_arguments(daemons, sock_dir):
@@ -82,14 +126,14 @@ async def test_output_over_the_cap_comes_back_truncated_and_flagged(daemons, soc
     async with server("--endpoints-dir", sock_dir, "--max-output", "1K") as client:
         result = await client.call_tool("run_capability", {"capability": "loud"})
     content = result.structured_content
-    assert content["stdout"] == "x" * 1024
-    assert content["stdout_truncated"] is True and content["stdout_bytes"] == 100000
+    assert content["stdout"] == "x" * 1024 and content["stdout_truncated"] is True
+    assert "truncated" in result.content[0].text
     assert content["stderr_truncated"] is False and content["exit_status"] == 0
 
 
 async def test_arguments_to_a_pinned_endpoint_are_refused_not_ignored(daemons, sock_dir):
     daemons("restart", "-f", "-E", "--", "/bin/sh", "-c", f"touch {sock_dir}/ran")
-    async with server("--endpoints-dir", sock_dir, "--pinned", "restart") as client:
+    async with server("--endpoints-dir", sock_dir) as client:
         result = await client.call_tool("run_capability", {"capability": "restart", "arguments": ["apache"]})
     assert result.is_error and result.structured_content["error"]["code"] == "refused-arguments"
     assert not os.path.exists(f"{sock_dir}/ran")
@@ -112,13 +156,27 @@ async def test_a_grant_that_expires_during_the_session(daemons, sock_dir):
     assert result.is_error and error["code"] == "expired" and "this capability expired" in error["message"]
 
 
-async def test_a_session_over_its_timeout(daemons, sock_dir):
-    daemons("slow", "-f", "-E", "--", "/bin/sleep", "5")
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+async def test_a_session_over_its_timeout_is_hung_up(daemons, sock_dir):
+    pid_file = Path(sock_dir) / "pid"
+    daemons("slow", "-f", "-E", "--", "/bin/sh", "-c", f"echo $$ > {pid_file}; exec sleep 30")
     async with server("--endpoints-dir", sock_dir) as client:
         started = time.monotonic()
-        result = await client.call_tool("run_capability", {"capability": "slow", "timeout": 0.5})
-    assert time.monotonic() - started < 3
+        result = await client.call_tool("run_capability", {"capability": "slow", "timeout": 1})
+        assert time.monotonic() - started < 4
     assert result.is_error and result.structured_content["error"]["code"] == "timeout"
+    assert "hung up" in result.structured_content["error"]["next"]
+    assert _gone(int(pid_file.read_text()), within=5)
 
 
 @pytest.mark.root

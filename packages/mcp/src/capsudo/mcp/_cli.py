@@ -1,8 +1,8 @@
 """`capsudo-mcp`: the MCP server on stdio, holding the endpoints its command line names.
 
 The server runs on trio, through anyio's trio backend: capsudo's own code
-is trio, and the library's coming async session function will be called
-from it directly, without a thread.
+is trio, and the library's sessions and descriptions are awaited on the
+server's loop, without a thread.
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoints-dir", action="append", default=[], metavar="DIR",
                    help="hold every socket in DIR, named by its file name (read again at each call)")
     p.add_argument("--description", action="append", type=_named, default=[], metavar="NAME=TEXT",
-                   help="what the capability does, until the endpoint can say so itself")
+                   help="what the capability does, over what the endpoint says (for one that does not describe itself)")
     p.add_argument("--pinned", action="append", default=[], metavar="NAME",
-                   help="the capability pins its command: arguments to it are refused, not ignored")
+                   help="the capability pins its command, whatever the endpoint says: arguments to it are refused, "
+                        "not ignored (for an endpoint that does not describe itself, such as capsudo-rs's)")
     p.add_argument("--control", default=os.environ.get("CAPSUDO_CONTROL") or DEFAULT_CONTROL, metavar="SOCKET",
                    help="capsudod's control socket, where request_capability files requests "
                         f"(default: $CAPSUDO_CONTROL, else {DEFAULT_CONTROL})")

@@ -1,25 +1,27 @@
 """The one place capsudo-mcp calls the capsudo library: running a session and describing an endpoint.
 
-Today's `capsudo.core.run` is synchronous, so a session runs in a worker
-thread while the server's trio loop reads the program's output from pipes,
-keeping at most a cap of each stream and counting the rest. When the
-library's trio-native session function and its `describe` request exist,
-`run_session` and `describe_endpoint` switch to them here and nowhere else.
+Both are trio-native library calls made on the server's own loop:
+`run_async` captures the program's output up to a cap and hangs the
+program up through the protocol when the call's time is over;
+`describe_async` asks the endpoint what it does. What the operator
+declared on capsudo-mcp's command line (`--description`, `--pinned`) wins
+over what the endpoint says, for the daemons that cannot say it.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import time
-from dataclasses import dataclass, field
-
-import trio
+from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import capsudo.core
 
-# What a description says when the endpoint cannot tell yet.
+# What a description says when the endpoint cannot tell.
 UNKNOWN = "unknown"
+
+#: Seconds an endpoint has to describe itself before it counts as not describing itself.
+DESCRIBE_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -31,40 +33,64 @@ class Description:
     description: str = UNKNOWN
     #: True, False (the command is pinned) or "unknown".
     accepts_arguments: bool | str = UNKNOWN
+    #: Names of the environment entries the endpoint sets, whatever the caller sends.
     pinned_environment: list[str] | str = UNKNOWN
+    program: str | None = UNKNOWN
+    user: str | None = UNKNOWN
     password_needed: bool | str = UNKNOWN
     approval_needed: bool | str = UNKNOWN
+    #: ISO 8601 in UTC, or "unknown" (a daemon tells it only for a grant with an end).
     expires: str | None = UNKNOWN
     uses_left: int | str | None = UNKNOWN
+    #: Why the endpoint told nothing, when it did not describe itself; else None.
+    not_described: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
 
 
-def describe_endpoint(name: str, address: str, declared: dict[str, object] | None = None) -> Description:
-    """What the endpoint at `address` says about itself.
+def _from_info(name: str, address: str, info: capsudo.core.EndpointInfo) -> dict[str, object]:
+    told: dict[str, object] = {"name": name, "address": address, "password_needed": info.password}
+    if info.description:
+        told["description"] = info.description
+    if info.arguments is not None:
+        told["accepts_arguments"] = info.arguments != "pinned"
+    if info.environment is not None:
+        told["pinned_environment"] = sorted(info.environment)
+    if info.detail == "full":
+        # A full description tells these even when they are null: unpinned program, the daemon's user.
+        told["program"] = info.program
+        told["user"] = info.user
+    if info.approval is not None:
+        told["approval_needed"] = info.approval
+    if info.expires is not None:
+        told["expires"] = datetime.fromtimestamp(info.expires, timezone.utc).isoformat(timespec="seconds")
+    if info.uses_left is not None:
+        told["uses_left"] = info.uses_left
+    return told
 
-    Until the protocol's describe request exists this knows the name and
-    address, and whatever the operator declared on capsudo-mcp's command
-    line (`--describe`); everything else is "unknown".
+
+async def describe_endpoint(name: str, address: str, declared: dict[str, object] | None = None,
+                            *, timeout: float = DESCRIBE_TIMEOUT) -> Description:
+    """What the endpoint at `address` says about itself, with the operator's declarations over it.
+
+    A daemon that does not describe itself, or cannot be reached, leaves
+    every field "unknown" and says why in `not_described`; a password
+    front-end is known by its challenge, which is not answered.
     """
-    return Description(name=name, address=address, **(declared or {}))  # type: ignore[arg-type]
-
-
-@dataclass
-class Captured:
-    """At most `cap` bytes of one stream, and how many came in all."""
-
-    cap: int
-    data: bytearray = field(default_factory=bytearray)
-    total: int = 0
-
-    @property
-    def truncated(self) -> bool:
-        return self.total > len(self.data)
-
-    def text(self) -> str:
-        return self.data.decode("utf-8", errors="replace")
+    told: dict[str, object] = {"name": name, "address": address}
+    try:
+        info = await capsudo.core.describe_async(address, timeout=timeout)
+    except capsudo.core.NotDescribed as exc:
+        told["not_described"] = str(exc)
+    except capsudo.core.ClientError as exc:
+        if "asks for a password" in str(exc):
+            told["password_needed"] = True
+        told["not_described"] = str(exc)
+    else:
+        told = _from_info(name, address, info)
+    told.update(declared or {})
+    return Description(**told)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -73,8 +99,10 @@ class Outcome:
 
     status: int | None
     errors: list[str]
-    stdout: Captured
-    stderr: Captured
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
     duration: float
     #: The failure to reach or use the endpoint, when there was no status.
     failure: str | None = None
@@ -92,68 +120,37 @@ class Outcome:
         return None
 
 
-async def _drain(fd: int, captured: Captured) -> None:
-    async with trio.lowlevel.FdStream(fd) as stream:
-        while True:
-            try:
-                chunk = await stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            if not chunk:
-                return
-            room = captured.cap - len(captured.data)
-            if room > 0:
-                captured.data += chunk[:room]
-            captured.total += len(chunk)
+def _client_error(group: BaseExceptionGroup) -> capsudo.core.ClientError | None:
+    """The ClientError inside a nursery's group, when that is all it holds."""
+    matched, rest = group.split(capsudo.core.ClientError)
+    if matched is None or rest is not None:
+        return None
+    while isinstance(matched, BaseExceptionGroup):
+        matched = matched.exceptions[0]
+    return matched  # type: ignore[return-value]
 
 
-async def _feed(fd: int, data: bytes) -> None:
-    async with trio.lowlevel.FdStream(fd) as stream:
-        try:
-            if data:
-                await stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the program stopped reading its input: what it made of it is in its status
+async def run_session(address: str, argv: list[str], stdin: bytes, *, timeout: float, max_output: int) -> Outcome:
+    """Run argv on the endpoint, its input `stdin`, keeping `max_output` bytes of each stream.
 
-
-async def run_session(
-    address: str, argv: list[str], stdin: bytes, *, timeout: float, max_output: int, drain_grace: float = 1.0
-) -> Outcome:
-    """Run argv on the endpoint, its input `stdin`, and wait at most `timeout` seconds.
-
-    On timeout the program is not hung up (today's library cannot be
-    cancelled): our ends of its pipes close, and the worker thread is left to
-    finish with the session.
+    Past `timeout` seconds the connection closes, and the daemon hangs the
+    program up (SIGHUP, then SIGKILL after its grace); so does a call the
+    agent cancels. A session on an approval endpoint waits for its decision
+    within the same time, and leaving withdraws its request.
     """
-    stdin_read, stdin_write = os.pipe()
-    stdout_read, stdout_write = os.pipe()
-    stderr_read, stderr_write = os.pipe()
-    for fd in (stdin_write, stdout_read, stderr_read):
-        os.set_blocking(fd, False)
-    out, err = Captured(max_output), Captured(max_output)
-
-    def session() -> capsudo.core.SessionResult:
-        try:
-            return capsudo.core.run(argv, endpoint=address, stdin=stdin_read, stdout=stdout_write, stderr=stderr_write)
-        finally:
-            # The daemon's program holds its own copies; ours go so the pipes end with it.
-            for fd in (stdin_read, stdout_write, stderr_write):
-                os.close(fd)
-
     started = time.monotonic()
-    outcome = Outcome(None, [], out, err, 0.0)
-    with trio.move_on_after(timeout) as deadline:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_feed, stdin_write, stdin)
-            nursery.start_soon(_drain, stdout_read, out)
-            nursery.start_soon(_drain, stderr_read, err)
-            try:
-                result = await trio.to_thread.run_sync(session, abandon_on_cancel=True)
-                outcome.status, outcome.errors = result.status, list(result.errors)
-            except capsudo.core.ClientError as exc:
-                outcome.failure = str(exc)
-            # A program that left a child holding its output must not hold the answer too.
-            nursery.cancel_scope.deadline = trio.current_time() + drain_grace
-    outcome.timed_out = deadline.cancelled_caught and outcome.status is None and outcome.failure is None
-    outcome.duration = time.monotonic() - started
-    return outcome
+    try:
+        result = await capsudo.core.run_async(argv, endpoint=address, input=stdin, capture_output=True,
+                                              max_output=max_output, timeout=timeout)
+    except TimeoutError:
+        return Outcome(None, [], b"", b"", False, False, time.monotonic() - started, timed_out=True)
+    except capsudo.core.ClientError as exc:
+        return Outcome(None, [], b"", b"", False, False, time.monotonic() - started, failure=str(exc))
+    except BaseExceptionGroup as group:
+        # run_async reaches the endpoint inside its nursery, whose group carries the ClientError.
+        failed = _client_error(group)
+        if failed is None:
+            raise
+        return Outcome(None, [], b"", b"", False, False, time.monotonic() - started, failure=str(failed))
+    return Outcome(result.status, list(result.errors), result.stdout or b"", result.stderr or b"",
+                   result.stdout_truncated, result.stderr_truncated, result.duration)

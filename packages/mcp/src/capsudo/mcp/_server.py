@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import trio
 from mcp.server import MCPServer
 from mcp.types import CallToolResult, TextContent
 
@@ -49,12 +50,10 @@ def _session_content(outcome: Outcome) -> dict[str, Any]:
     return {
         "exit_status": outcome.status,
         "signal": outcome.signal,
-        "stdout": outcome.stdout.text(),
-        "stdout_truncated": outcome.stdout.truncated,
-        "stdout_bytes": outcome.stdout.total,
-        "stderr": outcome.stderr.text(),
-        "stderr_truncated": outcome.stderr.truncated,
-        "stderr_bytes": outcome.stderr.total,
+        "stdout": outcome.stdout.decode("utf-8", errors="replace"),
+        "stdout_truncated": outcome.stdout_truncated,
+        "stderr": outcome.stderr.decode("utf-8", errors="replace"),
+        "stderr_truncated": outcome.stderr_truncated,
         "daemon_errors": outcome.errors,
         "duration_seconds": round(outcome.duration, 6),
         "session_id": outcome.session_id,
@@ -66,7 +65,7 @@ def _session_text(name: str, content: dict[str, Any]) -> str:
     lines = [f"{name}: {ended} after {content['duration_seconds']:.3f}s"]
     for stream in ("stdout", "stderr"):
         if content[stream]:
-            cut = f" (truncated: {content[stream + '_bytes']} bytes in all)" if content[stream + "_truncated"] else ""
+            cut = " (truncated: only its first part is shown)" if content[stream + "_truncated"] else ""
             lines.append(f"--- {stream}{cut}\n{content[stream]}")
     lines.extend(f"capsudod: {line}" for line in content["daemon_errors"])
     return "\n".join(lines)
@@ -76,26 +75,34 @@ def build_server(holdings: Holdings, limits: Limits, control: str) -> MCPServer:
     server = MCPServer(name="capsudo", instructions=INSTRUCTIONS)
 
     @server.tool()
-    def list_capabilities() -> dict[str, Any]:
+    async def list_capabilities() -> dict[str, Any]:
         """The capabilities held: for each, its name, address and what it describes of itself
-        (description, whether it accepts arguments, password or approval needed, expiry, uses left;
-        "unknown" where it cannot tell)."""
+        (description, whether it accepts arguments, pinned environment names, program, user, password
+        or approval needed, expiry, uses left; "unknown" where it cannot tell)."""
         addresses = holdings.addresses()
-        return {"capabilities": [describe_endpoint(name, address, holdings.declared_for(name)).as_dict()
-                                 for name, address in addresses.items()]}
+        described: dict[str, dict[str, object]] = {}
+
+        async def describe(name: str, address: str) -> None:
+            described[name] = (await describe_endpoint(name, address, holdings.declared_for(name))).as_dict()
+
+        async with trio.open_nursery() as nursery:
+            for name, address in addresses.items():
+                nursery.start_soon(describe, name, address)
+        return {"capabilities": [described[name] for name in addresses]}
 
     @server.tool()
     async def run_capability(
         capability: str, arguments: list[str] | None = None, stdin: str = "", timeout: float | None = None
     ) -> CallToolResult:
         """Run one held capability: its name, the arguments to add (only if it accepts them), text for
-        its standard input, and a timeout in seconds. Returns the exit status (or the signal), stdout
-        and stderr (capped, with truncation flags), the duration, and the daemon's messages."""
+        its standard input, and a timeout in seconds (which also bounds the wait for a person's approval,
+        where the capability needs one). Returns the exit status (or the signal), stdout and stderr
+        (capped, with truncation flags), the duration, and the daemon's messages."""
         arguments = list(arguments or [])
         address = holdings.addresses().get(capability)
         if address is None:
             return _failed(AgentError("unknown-capability", f"no capability named {capability!r} is held"))
-        description = describe_endpoint(capability, address, holdings.declared_for(capability))
+        description = await describe_endpoint(capability, address, holdings.declared_for(capability))
         if arguments and description.accepts_arguments is False:
             return _failed(AgentError("refused-arguments", f"{capability} pins its command and would ignore "
                                       f"the arguments {arguments!r}; nothing was run"))
@@ -105,6 +112,11 @@ def build_server(holdings: Holdings, limits: Limits, control: str) -> MCPServer:
         seconds = limits.default_timeout if timeout is None else max(0.001, min(float(timeout), limits.max_timeout))
         outcome = await run_session(address, arguments, data, timeout=seconds, max_output=limits.max_output)
         content = _session_content(outcome)
+        if outcome.timed_out and description.approval_needed is True:
+            return _failed(AgentError("approval-pending", f"{capability} needs a person's approval and no decision "
+                                      f"came within {seconds:g}s; the request was withdrawn (had one come late "
+                                      f"in that time, the program was hung up at the timeout)"),
+                           state="approval-pending", waited_seconds=seconds, **content)
         if outcome.timed_out:
             return _failed(AgentError("timeout", f"{capability} did not finish within {seconds:g}s"), **content)
         if outcome.failure is not None:
