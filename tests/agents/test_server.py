@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -223,3 +225,84 @@ def test_the_command_line_client_never_loads_the_sdk():
     code = "import capsudo.client, capsudo.core, sys; print('mcp' in sys.modules, 'capsudo.mcp' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+class Approver:
+    """A person at capsudoctl: waits for the one pending request, then approves or denies it."""
+
+    def __init__(self, control: Path) -> None:
+        self.control = control
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "capsudoctl"), "-S", str(self.control), *args], capture_output=True,
+                              text=True, timeout=20)
+
+    def pending(self) -> list[dict]:
+        listed = self.ctl("--json", "pending")
+        assert listed.returncode == 0, listed.stderr
+        return json.loads(listed.stdout)["pending"]
+
+    def pending_within(self, seconds: float) -> list[dict]:
+        """The pending requests, once there are none or `seconds` have passed."""
+        deadline = time.monotonic() + seconds
+        while (requests := self.pending()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return requests
+
+    def decide_when_asked(self, *decision: str) -> threading.Thread:
+        def decide() -> None:
+            deadline = time.monotonic() + 10
+            while not (requests := self.pending()):
+                if time.monotonic() > deadline:
+                    return  # the call then times out pending, and the test says so
+                time.sleep(0.05)
+            self.ctl(decision[0], requests[0]["id"], *decision[1:])
+
+        thread = threading.Thread(target=decide, daemon=True)
+        thread.start()
+        return thread
+
+
+@pytest.fixture
+def approval_endpoint(sock_dir, file_daemons):  # noqa: F811
+    directory = Path(sock_dir)
+    (directory / "state").mkdir(mode=0o700)
+    (directory / "capsudo.toml").write_text(
+        f'[control]\nlisten = "{directory}/control"\nstate = "{directory}/state"\n\n'
+        f'[endpoint.deploy]\nlisten = "{directory}/cap/deploy"\ndescription = "deploys the site"\n'
+        f'command = ["sh", "-c", "touch {directory}/ran; echo deployed"]\npin = "command"\napprove = true\n'
+        f'approval-timeout = "30s"\n')
+    (directory / "cap").mkdir()
+    file_daemons.append(FileDaemon(directory / "capsudo.toml", directory / "daemon.log"))
+    wait_for_path(str(directory / "cap" / "deploy"))
+    return directory
+
+
+@pytest.mark.root
+async def test_an_approval_endpoint_waits_for_a_person(approval_endpoint):
+    directory = approval_endpoint
+    person = Approver(directory / "control")
+    async with server("--endpoints-dir", str(directory / "cap")) as client:
+        listed = await client.call_tool("list_capabilities", {})
+        started = time.monotonic()
+        unanswered = await client.call_tool("run_capability", {"capability": "deploy", "timeout": 1})
+        waited = time.monotonic() - started
+        withdrawn = person.pending_within(5)
+        approving = person.decide_when_asked("approve")
+        approved = await client.call_tool("run_capability", {"capability": "deploy", "timeout": 20})
+        approving.join(10)
+        ran_once = (directory / "ran").exists()
+        (directory / "ran").unlink(missing_ok=True)
+        denying = person.decide_when_asked("deny", "--reason", "not during the sale")
+        denied = await client.call_tool("run_capability", {"capability": "deploy", "timeout": 20})
+        denying.join(10)
+    [entry] = listed.structured_content["capabilities"]
+    assert entry["approval_needed"] is True and entry["accepts_arguments"] is False
+    assert unanswered.is_error and unanswered.structured_content["error"]["code"] == "approval-pending"
+    assert unanswered.structured_content["state"] == "approval-pending" and 1 <= waited < 4
+    assert "call again" in unanswered.structured_content["error"]["next"]
+    assert withdrawn == [], "the request outlived the call that gave up on it"
+    assert not approved.is_error and approved.structured_content["stdout"] == "deployed\n" and ran_once
+    assert denied.is_error and denied.structured_content["error"]["code"] == "denied"
+    assert "not during the sale" in denied.structured_content["error"]["message"]
+    assert not (directory / "ran").exists()
