@@ -2,9 +2,10 @@
 
 One daemon serving `echo`; in one run, interleaved: `run_capability` called
 with the SDK's own client over stdio on one capsudo-mcp process (started
-once), and `capsudo.core.run` with the output read from a pipe, as the
-server does. The difference is what MCP adds: JSON-RPC over two pipes,
-the SDK's validation, the worker thread and the structured result.
+once), and `capsudo.core.run_async` with its output captured, the call the
+server makes. The difference is what MCP adds: JSON-RPC over two pipes,
+the SDK's validation, the endpoint's description asked before each
+session (one more connection) and the structured result.
 Target: the tool call's median at most 20 ms.
 
     .venv/bin/python benchmarks/mcp_session.py [SESSIONS]
@@ -12,7 +13,6 @@ Target: the tool call's median at most 20 ms.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,26 +21,19 @@ import trio
 from _harness import Daemon, Verdict, median, ms, percentile, table
 from mcp import Client, StdioServerParameters
 
-from capsudo.core import run
+from capsudo.core import run_async
 
 SESSIONS = int(sys.argv[1]) if len(sys.argv) > 1 else 300
 WARMUP = 20
 TARGET = 0.020
-DEVNULL = -1
 CAPSUDO_MCP = str(Path(sys.executable).parent / "capsudo-mcp")
 
 
-def library_session(endpoint: str) -> bytes:
-    read_end, write_end = os.pipe()
-    try:
-        result = run(["hello"], endpoint=endpoint, stdin=DEVNULL, stdout=write_end, stderr=write_end)
-    finally:
-        os.close(write_end)
-    with os.fdopen(read_end, "rb") as output:
-        data = output.read()
+async def library_session(endpoint: str) -> bytes:
+    result = await run_async(["hello"], endpoint=endpoint, input=b"", capture_output=True)
     if result.status != 0:
         raise RuntimeError(f"session failed: {result}")
-    return data
+    return result.stdout or b""
 
 
 async def measure(endpoint: str) -> tuple[list[float], list[float]]:
@@ -56,7 +49,7 @@ async def measure(endpoint: str) -> tuple[list[float], list[float]]:
                 raise RuntimeError(f"tool call failed: {result}")
 
             start = time.perf_counter()
-            if library_session(endpoint) != b"hello\n":
+            if await library_session(endpoint) != b"hello\n":
                 raise RuntimeError("the library's session printed something else")
             library = time.perf_counter() - start
             if number >= WARMUP:
@@ -67,8 +60,6 @@ async def measure(endpoint: str) -> tuple[list[float], list[float]]:
 
 def main() -> int:
     verdict = Verdict("one session through capsudo-mcp")
-    global DEVNULL
-    DEVNULL = os.open(os.devnull, os.O_RDONLY)
     with Daemon("--", "/bin/echo") as daemon:
         tool_times, library_times = trio.run(measure, daemon.socket)
     print(
@@ -76,7 +67,7 @@ def main() -> int:
             [f"{SESSIONS} times each, interleaved", "median", "p90"],
             [
                 ['MCP call_tool("run_capability", echo hello)', ms(median(tool_times)), ms(percentile(tool_times, 0.9))],
-                ['core.run(["hello"]) with output from a pipe', ms(median(library_times)),
+                ['core.run_async(["hello"]), output captured', ms(median(library_times)),
                  ms(percentile(library_times, 0.9))],
             ],
         )
