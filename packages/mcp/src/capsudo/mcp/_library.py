@@ -125,9 +125,10 @@ def _client_error(group: BaseExceptionGroup) -> capsudo.core.ClientError | None:
     matched, rest = group.split(capsudo.core.ClientError)
     if matched is None or rest is not None:
         return None
-    while isinstance(matched, BaseExceptionGroup):
-        matched = matched.exceptions[0]
-    return matched  # type: ignore[return-value]
+    leaf: BaseException = matched
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf if isinstance(leaf, capsudo.core.ClientError) else None
 
 
 async def run_session(address: str, argv: list[str], stdin: bytes, *, timeout: float, max_output: int) -> Outcome:
