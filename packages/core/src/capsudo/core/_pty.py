@@ -60,8 +60,11 @@ OUTPUT_SETTLE_BOUND = 0.5
 CLIENT_STOP_BOUND = 2.0
 
 # After a ^Z went to the program's terminal with no stop reported: how long,
-# and how often, to look for a stopped process below the program's own.
-TYPED_STOP_BOUND = 1.0
+# and how often, to look for a stopped process below the program's own. The
+# kernel turns the byte into SIGTSTP in the tty's own work queue, which on a
+# busy machine can run a second or more later; the look costs a /proc walk
+# every poll, and only after a ^Z.
+TYPED_STOP_BOUND = 3.0
 TYPED_STOP_POLL = 0.05
 
 # While the client is not in the foreground of its terminal (stopped, or put
