@@ -42,7 +42,7 @@ class EndpointConfig:
     session_limits: SessionLimits = SessionLimits()
     connection_limits: ConnectionLimits = ConnectionLimits()
     channel_limits: ChannelLimits = ChannelLimits()
-    #: Files that get a JSON line per event of every session.
+    #: Where each event of every session goes: files, "syslog", "journal".
     audit: tuple[str, ...] = ()
     lifetime: Lifetime = Lifetime()
     #: What the endpoint is for, told to a client that asks (capsudo -l).

@@ -156,8 +156,8 @@ def run_as_options() -> list[Option]:
         Option("limit", LIST, (), "NAME=VALUE (repeatable): a resource limit (nofile, nproc, cpu, as, core, "
                "fsize, data, stack, memlock) or a limit of the session's cgroup (memory, tasks); sizes as 64K, 1G",
                metavar="NAME=VALUE", section=section),
-        Option("audit", LIST, (), "append a JSON line per event of every session to this file (repeatable)",
-               metavar="FILE", section=section),
+        Option("audit", LIST, (), "a JSON record per event of every session to this file, or to syslog or journal "
+               "(repeatable)", metavar="FILE", section=section),
     ]
 
 
