@@ -8,49 +8,11 @@ native `NAME=value` fields.
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import struct
 import subprocess
 
+from .audit_listeners import datagram_listener, journal_fields, read_until_ended, syslog_message
 from .daemon_process import CAPSUDOD, capsudo
-
-
-def datagram_listener(path: str) -> socket.socket:
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    listener.bind(path)
-    listener.settimeout(10)
-    return listener
-
-
-def read_until_ended(listener: socket.socket, message_of) -> list[dict]:
-    records = []
-    while not records or records[-1]["event"] != "ended":
-        records.append(json.loads(message_of(listener.recv(65536))))
-    return records
-
-
-def journal_fields(datagram: bytes) -> dict[str, str]:
-    fields, rest = {}, datagram
-    while rest:
-        line, _, after = rest.partition(b"\n")
-        if b"=" in line:
-            name, _, value = line.partition(b"=")
-            rest = after
-        else:  # binary form: NAME\n, 64-bit little-endian length, value, \n
-            name, (length,) = line, struct.unpack("<Q", after[:8])
-            value, rest = after[8:8 + length], after[9 + length:]
-        fields[name.decode()] = value.decode()
-    return fields
-
-
-def syslog_message(datagram: bytes) -> str:
-    text = datagram.decode()
-    assert text.startswith("<86>"), text  # authpriv (10) * 8 + info (6)
-    header, _, message = text.partition("]: ")
-    assert header.split()[-1].startswith("capsudod["), text
-    return message
 
 
 def test_syslog_and_journal_get_every_event_of_a_session(daemon_factory, sock_dir):

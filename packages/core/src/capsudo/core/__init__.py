@@ -128,6 +128,7 @@ __all__ = [
     "SessionEvent",
     "EventSink",
     "SessionRecord",
+    "new_session_id",
 ]
 
 _HOME = {
@@ -177,7 +178,7 @@ _HOME = {
     **dict.fromkeys(["Asked", "Allow", "Refuse", "Held", "Decision", "attenuating"], "._decision"),
     **dict.fromkeys(
         ["Accepted", "Requested", "Decided", "Pending", "Started", "Ended", "SessionEvent", "EventSink",
-         "SessionRecord"],
+         "SessionRecord", "new_session_id"],
         "._events",
     ),
 }
@@ -199,7 +200,7 @@ if TYPE_CHECKING:
     from ._fatal_signals import Interrupted
     from ._decision import Allow, Asked, Decision, Held, Refuse, attenuating
     from ._events import (Accepted, Decided, Ended, EventSink, Pending, Requested, SessionEvent, SessionRecord,
-                          Started)
+                          Started, new_session_id)
     from ._handshake import Request, daemon_protocol, read_request
     from ._library import (DEFAULT_MAX_OUTPUT, CompletedSession, SessionFailed, describe, describe_async, run,
                            run_async)

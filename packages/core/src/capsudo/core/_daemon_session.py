@@ -105,9 +105,10 @@ class _Session:
     """One session's channel, protocol, and how it is going so far."""
 
     def __init__(
-        self, channel: MessageChannel, limits: SessionLimits, emit: EventSink, protocol: type[SessionProtocol]
+        self, channel: MessageChannel, limits: SessionLimits, emit: EventSink, protocol: type[SessionProtocol],
+        session_id: str | None = None,
     ) -> None:
-        self.id = new_session_id()
+        self.id = session_id or new_session_id()
         self.channel = channel
         self.protocol = daemon_protocol(limits, protocol)
         self.limits = limits
@@ -200,6 +201,7 @@ async def serve_session(
     protocol: type[SessionProtocol] = DescribingProtocol,
     endpoint: str | None = None,
     description: EndpointDescription | None = None,
+    session_id: str | None = None,
 ) -> SessionRecord:
     """Serve one client to its end; never raises for anything the client did.
 
@@ -211,6 +213,8 @@ async def serve_session(
     (default: the socket path it was accepted on, else the channel's description).
     `description` is what the endpoint tells a client that asks what it does
     (default: everything its policy says, under the name `endpoint`).
+    `session_id` is the id a front-end already gave the session (default: a
+    new one), so that one session reads as one story through a chain.
     """
     record = SessionRecord()
 
@@ -219,7 +223,7 @@ async def serve_session(
         if events is not None:
             events(event)
 
-    session = _Session(channel, limits, emit, protocol)
+    session = _Session(channel, limits, emit, protocol, session_id)
     clock = time.monotonic()
     emit(Accepted(session.id, channel.peer, channel.description))
     try:
