@@ -56,3 +56,25 @@ def test_a_client_cannot_choose_its_session_id_by_its_address(daemon_factory, so
         time.sleep(0.02)
     sessions = {json.loads(line)["session"] for line in audit.read_text().splitlines()}
     assert len(sessions) == 1 and chosen not in sessions
+
+
+def test_what_a_pinned_endpoint_drops_is_audited_and_refuse_dropped_refuses_it(daemon_factory, sock_dir):
+    audit = Path(sock_dir, "audit.jsonl")
+    lenient = daemon_factory("-f", "-E", "--audit", str(audit), "--", "echo", "pinned", name="lenient.sock")
+    ran = subprocess.run([CAPSUDO, "-S", lenient.socket, "-e", "TOKEN=x", "--", "reboot"], capture_output=True,
+                         text=True, env={**os.environ, "LANG": "C"}, timeout=20)
+    assert (ran.returncode, ran.stdout) == (0, "pinned\n")
+    strict = daemon_factory("-f", "-E", "--refuse-dropped", "--", "echo", "pinned", name="strict.sock")
+    refused = subprocess.run([CAPSUDO, "-S", strict.socket, "-e", "TOKEN=x", "--", "reboot"], capture_output=True,
+                             text=True, timeout=20)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == ("capsudo: error: this endpoint ignores arguments ('reboot') and environment entries "
+                              "(TOKEN), and refuses a request that has them\n")
+    # LANG, which every client sends unasked, is dropped without a word: no refusal for it.
+    plain = subprocess.run([CAPSUDO, "-S", strict.socket], capture_output=True, text=True, timeout=20,
+                           env={**os.environ, "LANG": "C"})
+    assert (plain.returncode, plain.stdout) == (0, "pinned\n")
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    requested, decided = (next(r for r in records if r["event"] == name) for name in ("requested", "decided"))
+    assert requested["argv"] == ["reboot"] and "TOKEN" in requested["env_names"]
+    assert decided["dropped"] == {"argv": ["reboot"], "env_names": ["TOKEN"]} and decided["argv"] == ["echo", "pinned"]

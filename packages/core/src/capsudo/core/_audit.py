@@ -74,6 +74,8 @@ def audit_record(event: SessionEvent, endpoint: str | None) -> dict:
         record.update(event="decided", allowed=event.allowed, decision=decision)
         if event.approver is not None:
             record["approver"] = event.approver
+        if event.dropped_argv or event.dropped_env_names:
+            record["dropped"] = {"argv": list(event.dropped_argv), "env_names": list(event.dropped_env_names)}
         if event.allowed:
             record.update(argv=list(event.argv), env_names=list(event.env_names))
         elif event.reason is not None:

@@ -27,7 +27,7 @@ from ._events import (Accepted, Decided, Ended, EventSink, Requested, SessionEve
                       env_names, new_session_id)
 from ._handshake import Request, daemon_protocol, read_request
 from ._limits import SessionLimits
-from ._policy import Policy, ProgramNotFound, resolve_program
+from ._policy import Policy, ProgramNotFound, dropped, resolve_program
 from ._policy_error import PolicyError
 from ._program_limits import format_bytes, format_seconds
 from ._run_as import program_environment
@@ -287,6 +287,13 @@ async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: De
 
     try:
         session.emit(Requested(session.id, tuple(request.argv), env_names(request.env_entries), request.interactive))
+        left_out = dropped(policy, request.argv, request.env_entries)
+        if left_out and policy.refuse_dropped:
+            why = reason("dropped", what=str(left_out))
+            session.emit(Decided(session.id, False, reason=why, dropped_argv=left_out.argv,
+                                 dropped_env_names=left_out.env_names))
+            request.close_fds()
+            return await _refuse(session, why.text, FAILURE_STATUS)
         decision = await decide(Asked(session.id, channel.peer, channel.description, request, policy))
         if not isinstance(decision, (Allow, Refuse)):
             decision = await _await_held(session, request, decision)
@@ -310,7 +317,8 @@ async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: De
                                   endpoint=endpoint, session=session.id)
         session.emit(Decided(session.id, True, tuple(argv), tuple(env),
                              decision="approved" if decision.approver is not None else None,
-                             approver=decision.approver))
+                             approver=decision.approver, dropped_argv=left_out.argv,
+                             dropped_env_names=left_out.env_names))
         try:
             executable = resolve_program(argv[0], env)
             async with prepared_child(policy, identity, session.id, terminal=request.interactive) as child:

@@ -89,7 +89,7 @@ def build_config(values: Mapping[str, object], labels: Mapping[str, str] | None 
         environment[key] = entry_value
     policy = Policy(tuple(typed.get(PROGRAM_FIELD, ())), bool(typed.get("fixed-arguments")),
                     bool(typed.get("fixed-environment")), environment, _run_as(typed, name),
-                    _program_limits(typed, name))
+                    _program_limits(typed, name), bool(typed.get("refuse-dropped")))
     try:
         # What this system cannot give (no such user, a limit it would not
         # enforce) is refused now, at start, rather than at every session.

@@ -56,6 +56,8 @@ def pin_options() -> list[Option]:
     return [
         Option("fixed-arguments", FLAG, False, "ignore the client's arguments: run exactly the program", short="f"),
         Option("fixed-environment", FLAG, False, "ignore the client's environment entries", short="E"),
+        Option("refuse-dropped", FLAG, False, "refuse a request with arguments or environment entries that -f, -E "
+               "or a pinned entry would drop, instead of running without them"),
         Option("env", LIST, (), "set an environment entry for the program (repeatable)", short="e",
                metavar="KEY=VALUE"),
     ]

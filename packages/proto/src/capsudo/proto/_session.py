@@ -102,6 +102,7 @@ REASONS = {
     "busy": "too many sessions (limit {limit}); try again later",
     "secret-invalid": "secret invalid",
     "cannot-run": "unable to run {program}: {why}",
+    "dropped": "this endpoint ignores {what}, and refuses a request that has them",
 }
 
 
