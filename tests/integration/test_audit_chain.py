@@ -64,6 +64,8 @@ def test_what_a_pinned_endpoint_drops_is_audited_and_refuse_dropped_refuses_it(d
     ran = subprocess.run([CAPSUDO, "-S", lenient.socket, "-e", "TOKEN=x", "--", "reboot"], capture_output=True,
                          text=True, env={**os.environ, "LANG": "C"}, timeout=20)
     assert (ran.returncode, ran.stdout) == (0, "pinned\n")
+    assert ran.stderr == ("capsudo: note: this endpoint ignores arguments ('reboot') and environment entries (TOKEN): "
+                          "ran echo pinned\n")
     strict = daemon_factory("-f", "-E", "--refuse-dropped", "--", "echo", "pinned", name="strict.sock")
     refused = subprocess.run([CAPSUDO, "-S", strict.socket, "-e", "TOKEN=x", "--", "reboot"], capture_output=True,
                              text=True, timeout=20)

@@ -9,6 +9,7 @@ to an event sink, as events that carry the session's id.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import signal
 import time
 from collections.abc import Iterator
@@ -16,8 +17,8 @@ from contextlib import contextmanager
 
 import trio
 
-from capsudo.proto import (DESCRIBING, Description, DescribingProtocol, Error, Exit, ProtocolError, Reason, Refused,
-                           Resized, SessionProtocol, reason)
+from capsudo.proto import (DESCRIBING, NOTE_PREFIX, Description, DescribingProtocol, Error, Exit, ProtocolError,
+                           Reason, Refused, Resized, SessionProtocol, reason)
 from capsudo.transport import MessageChannel
 
 from ._child_setup import PreparedChild, prepared_child
@@ -339,14 +340,16 @@ async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: De
     session.status = status
     if session.outcome != "ok":
         return
+    # What the pins left out, told last: the one line comes after the program's output, just before its status.
+    notes = [Error(f"{NOTE_PREFIX}this endpoint ignores {left_out}: ran {shlex.join(argv)}")] if left_out else []
     if stopped is None and shutdown.why is not None:
         session.outcome = shutdown.why
-        await _send_quietly(channel, Error(shutdown.why), Exit(status))
+        await _send_quietly(channel, *notes, Error(shutdown.why), Exit(status))
     elif stopped is None:
-        await _send_quietly(channel, Exit(status))
+        await _send_quietly(channel, *notes, Exit(status))
     else:
         session.outcome = stopped
-        await _send_quietly(channel, Error(f"the program {stopped}"), Exit(status))
+        await _send_quietly(channel, *notes, Error(f"the program {stopped}"), Exit(status))
 
 
 async def _await_held(session: _Session, request: Request, held: Held) -> Allow | Refuse | None:

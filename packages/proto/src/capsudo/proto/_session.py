@@ -106,6 +106,11 @@ REASONS = {
 }
 
 
+#: An Error whose text starts so, sent just before the Exit of a session that ran, is a notice, not a failure:
+#: every client shows an Error's text, and ours shows this one as a note.
+NOTE_PREFIX = "note: "
+
+
 def reason(code: str, **fields: object) -> Reason:
     return Reason(code, REASONS[code].format(**fields))
 
