@@ -18,6 +18,7 @@ __all__ = [
     "parse_or_status",
     "AuditFiles",
     "audit_record",
+    "control_record",
     "run_as_options",
     "RUN_AS_SECTION",
     "UsageError",
@@ -139,7 +140,7 @@ _HOME = {
     **dict.fromkeys(['endpoint_option', 'tls_options', 'socket_options', 'pin_options', 'connection_limit_options', 'handshake_limit_options', 'handshake_timeout_option', 'hangup_grace_option', 'channel_limit_options', 'approval_options', 'daemon_options', 'config_fields', 'TLS_SECTION', 'LIMITS_SECTION', 'CHANNEL_SECTION'], "._option_groups"),
     **dict.fromkeys(['EndpointConfig', 'build_config'], "._endpoint_config"),
     **dict.fromkeys(['Lifetime', 'expired_reason', 'spent_reason', 'revoked_reason', 'rfc3339'], "._lifetime"),
-    **dict.fromkeys(["AuditFile", "AuditFiles", "audit_record"], "._audit"),
+    **dict.fromkeys(["AuditFile", "AuditFiles", "audit_record", "control_record"], "._audit"),
     **dict.fromkeys(["run_as_options", "RUN_AS_SECTION", "lifetime_options"], "._option_groups"),
     "Policy": "._policy",
     "RunAs": "._run_as",
@@ -216,7 +217,7 @@ if TYPE_CHECKING:
                                  hangup_grace_option, pin_options, socket_options, tls_options)
     from ._endpoint_config import EndpointConfig, build_config
     from ._lifetime import Lifetime, expired_reason, revoked_reason, rfc3339, spent_reason
-    from ._audit import AuditFile, AuditFiles, audit_record
+    from ._audit import AuditFile, AuditFiles, audit_record, control_record
     from ._option_groups import RUN_AS_SECTION, lifetime_options, run_as_options
     from ._policy import SAFE_PATH, Policy, attenuate, resolve_program
     from ._policy_error import PolicyError

@@ -90,6 +90,14 @@ def audit_record(event: SessionEvent, endpoint: str | None) -> dict:
     return record
 
 
+def control_record(command: str, target: str | None, peer, error: str | None) -> dict:
+    """The JSON object of one control-socket request: who asked for what, and whether it was done."""
+    return {"time": _rfc3339(time.time()), "session": None, "endpoint": target or None, "event": "control",
+            "command": command, "peer": {"pid": peer.pid, "uid": peer.uid, "user": _user_name(peer.uid),
+                                         "gid": peer.gid},
+            "done": error is None, **({"error": error} if error is not None else {})}
+
+
 class AuditFile:
     """An event sink appending each event's line to `path` (created 0600 if absent)."""
 
