@@ -83,7 +83,7 @@ def audit_record(event: SessionEvent, endpoint: str | None) -> dict:
     elif isinstance(event, Pending):
         record.update(event="pending", request=event.request, deadline=_rfc3339(event.deadline))
     elif isinstance(event, Started):
-        record.update(event="started", pid=event.pid, executable=event.executable)
+        record.update(event="started", pid=event.pid, executable=event.executable, argv=list(event.argv))
     elif isinstance(event, Ended):
         record.update(event="ended", status=event.status, outcome=event.outcome,
                       duration=round(event.duration, 6))
