@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, Interrupted):
             return 128 + exc.signum
         raise
-    from capsudo.proto import NOTE_PREFIX
+    from capsudo.core import NOTE_PREFIX
 
     for text in result.errors:
         if text.startswith(NOTE_PREFIX):

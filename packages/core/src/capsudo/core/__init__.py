@@ -78,6 +78,7 @@ __all__ = [
     "DEFAULT_ENDPOINT",
     "forwarded_environment",
     "FORWARDED_VARIABLES",
+    "NOTE_PREFIX",
     "SessionResult",
     "run_unix_session",
     "run_endpoint_session",
@@ -159,6 +160,7 @@ _HOME = {
     "DEFAULT_ENDPOINT": "._client_request",
     "forwarded_environment": "._client_request",
     "FORWARDED_VARIABLES": "._client_request",
+    "NOTE_PREFIX": "._client_request",
     "SessionResult": "._unix_client",
     "run_unix_session": "._unix_client",
     "run_endpoint_session": "._channel_client",
@@ -191,7 +193,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _HOME, __all__)
 
 
 if TYPE_CHECKING:
-    from ._client_request import (DEFAULT_ENDPOINT, FORWARDED_VARIABLES, ClientError, ClientRequest, build_request,
+    from ._client_request import (DEFAULT_ENDPOINT, FORWARDED_VARIABLES, NOTE_PREFIX, ClientError, ClientRequest, build_request,
                                   default_endpoint, forwarded_environment)
     from ._channel_client import run_endpoint_session
     from ._lean_channel_client import run_lean_channel_session
