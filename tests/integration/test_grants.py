@@ -179,8 +179,12 @@ def test_a_granted_session_is_in_the_audit_with_its_id_and_user(control):
                "--", "echo").returncode == 0
     assert run_client(directory / "a", "hi").returncode == 0
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
-    events = [line for line in lines if line["endpoint"] == "a"]
+    events = [line for line in lines if line["endpoint"] == "a" and line["event"] != "control"]
     assert [line["event"] for line in events] == ["accepted", "requested", "decided", "started", "ended"]
+    # The control request that made the grant is a line of the same audit.
+    (control,) = [line for line in lines if line["event"] == "control"]
+    assert (control["command"], control["endpoint"], control["done"], control["peer"]["user"]) == ("grant", "a", True,
+                                                                                                    "root")
     assert len({line["session"] for line in events}) == 1
     assert events[0]["peer"]["user"] == "root"
     assert events[2]["decision"] == "allowed"

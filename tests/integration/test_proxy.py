@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import stat
 import struct
@@ -22,6 +23,8 @@ from .proxy_process import CAPSUDO_PROXY, start_proxy
 
 # Says something on both outputs, echoes its input, and exits with a status of its own.
 PINNED = ["-f", "--", "sh", "-c", "echo pinned-out; echo pinned-err >&2; cat; exit 7"]
+# What the daemon tells a client whose argument the pin ignored, before the status.
+IGNORED_NOTE = "note: this endpoint ignores arguments ('ignored'): ran " + shlex.join(PINNED[2:])
 
 
 @pytest.fixture
@@ -63,7 +66,8 @@ def test_unix_tcp_unix_chain_runs_the_pinned_command(chain):
     result = capsudo(near.listen, "--", "rm", "-rf", "/", input=payload)
     assert result.returncode == 7, result.stderr
     assert result.stdout == b"pinned-out\n" + payload
-    assert result.stderr == b"pinned-err\n"
+    # The pinned endpoint ignored the arguments, and says so after the output.
+    assert result.stderr.startswith(b"pinned-err\ncapsudo: note: this endpoint ignores arguments (")
 
 
 def test_each_hop_logs_its_own_peer_and_the_daemon_sees_the_proxy(chain):
@@ -192,7 +196,7 @@ async def _session_over_stdio_bridge(target: str, stdin_data: bytes) -> tuple[in
 async def test_stdio_bridge_serves_one_session(daemon_factory):
     daemon = daemon_factory(*PINNED)
     status, stdout, stderr, errors = await _session_over_stdio_bridge(f"unix://{daemon.socket}", b"over stdio\n")
-    assert (status, stdout, stderr, errors) == (7, b"pinned-out\nover stdio\n", b"pinned-err\n", [])
+    assert (status, stdout, stderr, errors) == (7, b"pinned-out\nover stdio\n", b"pinned-err\n", [IGNORED_NOTE])
 
 
 async def test_stdio_bridge_with_its_target_down_says_why(sock_dir):

@@ -153,7 +153,8 @@ def test_the_command_gets_the_live_socket_blocking_a_clean_environment_and_nothi
     assert "through-the-chain" in run.transcript  # the chained capsudod read the rest of the handshake
     report = json.loads(report_path.read_text())
     assert report["fds"] == [0, 1, 2]
-    assert report["env"] == {"PATH": SAFE_PATH}
+    assert set(report["env"]) == {"PATH", "CAPSUDO_SESSION_ID"} and report["env"]["PATH"] == SAFE_PATH
+    assert re.fullmatch(r"[0-9a-f]{16}", report["env"]["CAPSUDO_SESSION_ID"])
     assert report["stdin"].startswith("socket:")
     flags = int(re.search(r"^flags:\s+([0-7]+)", report["fdinfo"], re.M).group(1), 8)
     assert not flags & os.O_NONBLOCK

@@ -168,8 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, Interrupted):
             return 128 + exc.signum
         raise
+    from capsudo.core import NOTE_PREFIX
+
     for text in result.errors:
-        _error(text)
+        if text.startswith(NOTE_PREFIX):
+            sys.stderr.write(f"capsudo: {text}\n")  # what the endpoint left out of the request, not a failure
+        else:
+            _error(text)
     return result.status & 0xFF
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "parse_or_status",
     "AuditFiles",
     "audit_record",
+    "control_record",
     "run_as_options",
     "RUN_AS_SECTION",
     "UsageError",
@@ -77,6 +78,7 @@ __all__ = [
     "DEFAULT_ENDPOINT",
     "forwarded_environment",
     "FORWARDED_VARIABLES",
+    "NOTE_PREFIX",
     "SessionResult",
     "run_unix_session",
     "run_endpoint_session",
@@ -128,6 +130,7 @@ __all__ = [
     "SessionEvent",
     "EventSink",
     "SessionRecord",
+    "new_session_id",
 ]
 
 _HOME = {
@@ -138,7 +141,7 @@ _HOME = {
     **dict.fromkeys(['endpoint_option', 'tls_options', 'socket_options', 'pin_options', 'connection_limit_options', 'handshake_limit_options', 'handshake_timeout_option', 'hangup_grace_option', 'channel_limit_options', 'approval_options', 'daemon_options', 'config_fields', 'TLS_SECTION', 'LIMITS_SECTION', 'CHANNEL_SECTION'], "._option_groups"),
     **dict.fromkeys(['EndpointConfig', 'build_config'], "._endpoint_config"),
     **dict.fromkeys(['Lifetime', 'expired_reason', 'spent_reason', 'revoked_reason', 'rfc3339'], "._lifetime"),
-    **dict.fromkeys(["AuditFile", "AuditFiles", "audit_record"], "._audit"),
+    **dict.fromkeys(["AuditFile", "AuditFiles", "audit_record", "control_record"], "._audit"),
     **dict.fromkeys(["run_as_options", "RUN_AS_SECTION", "lifetime_options"], "._option_groups"),
     "Policy": "._policy",
     "RunAs": "._run_as",
@@ -157,6 +160,7 @@ _HOME = {
     "DEFAULT_ENDPOINT": "._client_request",
     "forwarded_environment": "._client_request",
     "FORWARDED_VARIABLES": "._client_request",
+    "NOTE_PREFIX": "._client_request",
     "SessionResult": "._unix_client",
     "run_unix_session": "._unix_client",
     "run_endpoint_session": "._channel_client",
@@ -177,7 +181,7 @@ _HOME = {
     **dict.fromkeys(["Asked", "Allow", "Refuse", "Held", "Decision", "attenuating"], "._decision"),
     **dict.fromkeys(
         ["Accepted", "Requested", "Decided", "Pending", "Started", "Ended", "SessionEvent", "EventSink",
-         "SessionRecord"],
+         "SessionRecord", "new_session_id"],
         "._events",
     ),
 }
@@ -189,7 +193,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _HOME, __all__)
 
 
 if TYPE_CHECKING:
-    from ._client_request import (DEFAULT_ENDPOINT, FORWARDED_VARIABLES, ClientError, ClientRequest, build_request,
+    from ._client_request import (DEFAULT_ENDPOINT, FORWARDED_VARIABLES, NOTE_PREFIX, ClientError, ClientRequest, build_request,
                                   default_endpoint, forwarded_environment)
     from ._channel_client import run_endpoint_session
     from ._lean_channel_client import run_lean_channel_session
@@ -199,7 +203,7 @@ if TYPE_CHECKING:
     from ._fatal_signals import Interrupted
     from ._decision import Allow, Asked, Decision, Held, Refuse, attenuating
     from ._events import (Accepted, Decided, Ended, EventSink, Pending, Requested, SessionEvent, SessionRecord,
-                          Started)
+                          Started, new_session_id)
     from ._handshake import Request, daemon_protocol, read_request
     from ._library import (DEFAULT_MAX_OUTPUT, CompletedSession, SessionFailed, describe, describe_async, run,
                            run_async)
@@ -215,7 +219,7 @@ if TYPE_CHECKING:
                                  hangup_grace_option, pin_options, socket_options, tls_options)
     from ._endpoint_config import EndpointConfig, build_config
     from ._lifetime import Lifetime, expired_reason, revoked_reason, rfc3339, spent_reason
-    from ._audit import AuditFile, AuditFiles, audit_record
+    from ._audit import AuditFile, AuditFiles, audit_record, control_record
     from ._option_groups import RUN_AS_SECTION, lifetime_options, run_as_options
     from ._policy import SAFE_PATH, Policy, attenuate, resolve_program
     from ._policy_error import PolicyError

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from capsudo.proto import NOTE_PREFIX  # re-exported: an Error so prefixed is shown as a note
+
 TYPE_CHECKING = False  # typing and collections cost the client start-up time
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

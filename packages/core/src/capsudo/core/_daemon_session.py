@@ -9,6 +9,7 @@ to an event sink, as events that carry the session's id.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import signal
 import time
 from collections.abc import Iterator
@@ -16,8 +17,8 @@ from contextlib import contextmanager
 
 import trio
 
-from capsudo.proto import (DESCRIBING, Description, DescribingProtocol, Error, Exit, ProtocolError, Reason, Refused,
-                           Resized, SessionProtocol, reason)
+from capsudo.proto import (DESCRIBING, NOTE_PREFIX, Description, DescribingProtocol, Error, Exit, ProtocolError,
+                           Reason, Refused, Resized, SessionProtocol, reason)
 from capsudo.transport import MessageChannel
 
 from ._child_setup import PreparedChild, prepared_child
@@ -27,7 +28,7 @@ from ._events import (Accepted, Decided, Ended, EventSink, Requested, SessionEve
                       env_names, new_session_id)
 from ._handshake import Request, daemon_protocol, read_request
 from ._limits import SessionLimits
-from ._policy import Policy, ProgramNotFound, resolve_program
+from ._policy import Policy, ProgramNotFound, dropped, resolve_program
 from ._policy_error import PolicyError
 from ._program_limits import format_bytes, format_seconds
 from ._run_as import program_environment
@@ -105,9 +106,10 @@ class _Session:
     """One session's channel, protocol, and how it is going so far."""
 
     def __init__(
-        self, channel: MessageChannel, limits: SessionLimits, emit: EventSink, protocol: type[SessionProtocol]
+        self, channel: MessageChannel, limits: SessionLimits, emit: EventSink, protocol: type[SessionProtocol],
+        session_id: str | None = None,
     ) -> None:
-        self.id = new_session_id()
+        self.id = session_id or new_session_id()
         self.channel = channel
         self.protocol = daemon_protocol(limits, protocol)
         self.limits = limits
@@ -200,6 +202,7 @@ async def serve_session(
     protocol: type[SessionProtocol] = DescribingProtocol,
     endpoint: str | None = None,
     description: EndpointDescription | None = None,
+    session_id: str | None = None,
 ) -> SessionRecord:
     """Serve one client to its end; never raises for anything the client did.
 
@@ -211,6 +214,8 @@ async def serve_session(
     (default: the socket path it was accepted on, else the channel's description).
     `description` is what the endpoint tells a client that asks what it does
     (default: everything its policy says, under the name `endpoint`).
+    `session_id` is the id a front-end already gave the session (default: a
+    new one), so that one session reads as one story through a chain.
     """
     record = SessionRecord()
 
@@ -219,7 +224,7 @@ async def serve_session(
         if events is not None:
             events(event)
 
-    session = _Session(channel, limits, emit, protocol)
+    session = _Session(channel, limits, emit, protocol, session_id)
     clock = time.monotonic()
     emit(Accepted(session.id, channel.peer, channel.description))
     try:
@@ -283,6 +288,13 @@ async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: De
 
     try:
         session.emit(Requested(session.id, tuple(request.argv), env_names(request.env_entries), request.interactive))
+        left_out = dropped(policy, request.argv, request.env_entries)
+        if left_out and policy.refuse_dropped:
+            why = reason("dropped", what=str(left_out))
+            session.emit(Decided(session.id, False, reason=why, dropped_argv=left_out.argv,
+                                 dropped_env_names=left_out.env_names))
+            request.close_fds()
+            return await _refuse(session, why.text, FAILURE_STATUS)
         decision = await decide(Asked(session.id, channel.peer, channel.description, request, policy))
         if not isinstance(decision, (Allow, Refuse)):
             decision = await _await_held(session, request, decision)
@@ -306,7 +318,8 @@ async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: De
                                   endpoint=endpoint, session=session.id)
         session.emit(Decided(session.id, True, tuple(argv), tuple(env),
                              decision="approved" if decision.approver is not None else None,
-                             approver=decision.approver))
+                             approver=decision.approver, dropped_argv=left_out.argv,
+                             dropped_env_names=left_out.env_names))
         try:
             executable = resolve_program(argv[0], env)
             async with prepared_child(policy, identity, session.id, terminal=request.interactive) as child:
@@ -327,14 +340,16 @@ async def _serve(session: _Session, policy: Policy, shutdown: Hangup, decide: De
     session.status = status
     if session.outcome != "ok":
         return
+    # What the pins left out, told last: the one line comes after the program's output, just before its status.
+    notes = [Error(f"{NOTE_PREFIX}this endpoint ignores {left_out}: ran {shlex.join(argv)}")] if left_out else []
     if stopped is None and shutdown.why is not None:
         session.outcome = shutdown.why
-        await _send_quietly(channel, Error(shutdown.why), Exit(status))
+        await _send_quietly(channel, *notes, Error(shutdown.why), Exit(status))
     elif stopped is None:
-        await _send_quietly(channel, Exit(status))
+        await _send_quietly(channel, *notes, Exit(status))
     else:
         session.outcome = stopped
-        await _send_quietly(channel, Error(f"the program {stopped}"), Exit(status))
+        await _send_quietly(channel, *notes, Error(f"the program {stopped}"), Exit(status))
 
 
 async def _await_held(session: _Session, request: Request, held: Held) -> Allow | Refuse | None:

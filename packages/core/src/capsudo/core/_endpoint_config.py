@@ -42,7 +42,7 @@ class EndpointConfig:
     session_limits: SessionLimits = SessionLimits()
     connection_limits: ConnectionLimits = ConnectionLimits()
     channel_limits: ChannelLimits = ChannelLimits()
-    #: Files that get a JSON line per event of every session.
+    #: Where each event of every session goes: files, "syslog", "journal".
     audit: tuple[str, ...] = ()
     lifetime: Lifetime = Lifetime()
     #: What the endpoint is for, told to a client that asks (capsudo -l).
@@ -89,7 +89,7 @@ def build_config(values: Mapping[str, object], labels: Mapping[str, str] | None 
         environment[key] = entry_value
     policy = Policy(tuple(typed.get(PROGRAM_FIELD, ())), bool(typed.get("fixed-arguments")),
                     bool(typed.get("fixed-environment")), environment, _run_as(typed, name),
-                    _program_limits(typed, name))
+                    _program_limits(typed, name), bool(typed.get("refuse-dropped")))
     try:
         # What this system cannot give (no such user, a limit it would not
         # enforce) is refused now, at start, rather than at every session.

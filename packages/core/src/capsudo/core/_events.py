@@ -58,6 +58,9 @@ class Decided:
     decision: str | None = None
     #: Who decided, when a person did.
     approver: str | None = None
+    #: What of the request the endpoint's pins leave out (arguments, environment names).
+    dropped_argv: tuple[str, ...] = ()
+    dropped_env_names: tuple[str, ...] = ()
     time: float = field(default_factory=time.time)
 
 

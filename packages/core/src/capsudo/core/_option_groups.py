@@ -56,6 +56,8 @@ def pin_options() -> list[Option]:
     return [
         Option("fixed-arguments", FLAG, False, "ignore the client's arguments: run exactly the program", short="f"),
         Option("fixed-environment", FLAG, False, "ignore the client's environment entries", short="E"),
+        Option("refuse-dropped", FLAG, False, "refuse a request with arguments or environment entries that -f, -E "
+               "or a pinned entry would drop, instead of running without them"),
         Option("env", LIST, (), "set an environment entry for the program (repeatable)", short="e",
                metavar="KEY=VALUE"),
     ]
@@ -156,8 +158,8 @@ def run_as_options() -> list[Option]:
         Option("limit", LIST, (), "NAME=VALUE (repeatable): a resource limit (nofile, nproc, cpu, as, core, "
                "fsize, data, stack, memlock) or a limit of the session's cgroup (memory, tasks); sizes as 64K, 1G",
                metavar="NAME=VALUE", section=section),
-        Option("audit", LIST, (), "append a JSON line per event of every session to this file (repeatable)",
-               metavar="FILE", section=section),
+        Option("audit", LIST, (), "a JSON record per event of every session to this file, or to syslog or journal "
+               "(repeatable)", metavar="FILE", section=section),
     ]
 
 

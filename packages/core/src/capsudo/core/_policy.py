@@ -34,6 +34,8 @@ class Policy:
     run_as: RunAs = RunAs()
     #: What the program may use (default: no limit beyond the daemon's own).
     limits: ProgramLimits = ProgramLimits()
+    #: Refuse a request whose arguments or environment entries the pins would drop, rather than run without them.
+    refuse_dropped: bool = False
 
     def validate(self) -> None:
         """Refuse, with a PolicyError of one line, what this system cannot give: run this when
@@ -70,6 +72,37 @@ def attenuate(policy: Policy, argv: Iterable[str], env_entries: Iterable[str]) -
     environment = {} if policy.fixed_environment else environment_from_entries(env_entries)
     environment.update(policy.environment)
     return command, environment
+
+
+#: Entries every client sends unasked (capsudo's FORWARDED_VARIABLES): dropping them is no news to anyone.
+_SENT_UNASKED = frozenset({"TERM", "LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "COLORTERM"})
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """What of a client's request the pins leave out: its arguments (-f), its entries' names (-E or a pin of its own)."""
+
+    argv: tuple[str, ...] = ()
+    env_names: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.argv or self.env_names)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.argv:
+            parts.append("arguments (" + " ".join(repr(arg) for arg in self.argv) + ")")
+        if self.env_names:
+            parts.append("environment entries (" + ", ".join(self.env_names) + ")")
+        return " and ".join(parts)
+
+
+def dropped(policy: Policy, argv: Iterable[str], env_entries: Iterable[str]) -> Dropped:
+    """What `attenuate` leaves out of the request, save the entries a client sends unasked."""
+    asked = environment_from_entries(env_entries)
+    names = [name for name, value in asked.items() if name not in _SENT_UNASKED
+             and (policy.fixed_environment or policy.environment.get(name, value) != value)]
+    return Dropped(tuple(argv) if policy.fixed_arguments else (), tuple(names))
 
 
 class ProgramNotFound(Exception):

@@ -107,7 +107,7 @@ def _serve_one(config: EndpointConfig) -> int:
     try:
         events = AuditFiles().sink(config.audit, None)
     except OSError as exc:
-        log(f"cannot open the audit file {exc.filename}: {exc.strerror}")
+        log(f"cannot open the audit sink {exc.filename}: {exc.strerror}")
         return 1
     if config.address is None:
         if (unpinned := config.policy.unpinned_environment_warning()) is not None:

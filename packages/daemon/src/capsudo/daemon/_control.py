@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import trio
 
-from capsudo.core import SECONDS, Option, UsageError, convert, rfc3339
+from capsudo.core import SECONDS, Option, UsageError, control_record, convert, rfc3339
 from capsudo.transport import EndpointError, Owner, open_unix_listener, peer_credentials
 
 from ._config_file import ConfigFileError, read_config_file
@@ -185,6 +185,7 @@ class ControlServer:
             operator = self._allowed(peer.uid)
             if not operator and not self._may_request(peer.uid):
                 self._log(f"control: {who}: refused, not root nor in the control group")
+                self._audit("?", None, peer, "not root nor in the control group")
                 await _reply(stream, {"ok": False, "error": "permission denied: only root and the members of "
                                       "the control group may use this socket"})
                 return
@@ -200,6 +201,7 @@ class ControlServer:
                     raise ControlError("permission denied: a requester may only file a request")
                 if request["command"] == "watch":
                     self._log(f"control: {who}: watch")
+                    self._audit("watch", None, peer, None)
                     return await self._watch(stream, peer.uid)
                 response = {"ok": True, **await self._handle(request, peer)}
             except trio.TooSlowError:
@@ -212,7 +214,13 @@ class ControlServer:
             target = (request.get("name") or request.get("session") or request.get("id") or request.get("request")
                       or "")
             self._log(f"control: {who}: {request.get('command', '?')}{' ' + str(target) if target else ''}: {outcome}")
+            self._audit(str(request.get("command", "?")), str(target) if target else None, peer,
+                        None if response["ok"] else response["error"])
             await _reply(stream, response)
+
+    def _audit(self, command: str, target: str | None, peer, error: str | None) -> None:
+        # The request's other fields stay out: a grant's script, a requester's reason.
+        self.supervisor.audit.write(control_record(command, target, peer, error))
 
     # ---- requests -------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from capsudo.core import (Accepted, Allow, Asked, Decided, EndpointDescription, 
 from capsudo.transport import EndpointError, open_listener
 
 from ._approval import HeldRequest, caller_details, user_name
+from ._chained import chained_session_id
 
 
 @dataclass
@@ -292,7 +293,7 @@ class DaemonEndpoint:
                                     approval=self.approval is not None)
         return await serve_session(channel, config.policy, config.session_limits, self._shutdown,
                                    decide=self._decide, events=self._event, endpoint=self._called,
-                                   description=about)
+                                   description=about, session_id=chained_session_id(channel, self.sessions))
 
 
 async def _listen(config, log: Callable[[str], None], *, exposed: bool = False):

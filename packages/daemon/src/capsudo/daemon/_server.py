@@ -20,6 +20,7 @@ from capsudo.core import (STOP_SIGNALS, EndpointConfig, EventSink, Hangup, Logge
 from capsudo.transport import (ActivationError, EndpointError, UnixChannel, activated_sockets, adopt_listener,
                                notify_ready)
 
+from ._chained import inherited_session_id
 from ._endpoint import DaemonEndpoint
 
 log = Logger("capsudod")
@@ -107,6 +108,7 @@ async def serve_stdin(config: EndpointConfig, events: EventSink | None) -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     channel = UnixChannel(sock)
+    session_id = inherited_session_id()
     shutdown = Hangup()
     limits = config.session_limits
     async with trio.open_nursery() as nursery:
@@ -120,6 +122,6 @@ async def serve_stdin(config: EndpointConfig, events: EventSink | None) -> None:
             nursery.start_soon(hang_up_on_signal)
             about = EndpointDescription(None, config.description, config.describe)
             record = await serve_session(channel, config.policy, limits, shutdown, events=events,
-                                         description=about)
+                                         description=about, session_id=session_id)
             nursery.cancel_scope.cancel()
     log(str(record))

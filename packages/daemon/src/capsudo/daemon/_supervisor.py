@@ -117,7 +117,7 @@ class Supervisor:
         try:
             events = self.audit.sink(config.audit, declared.name)
         except OSError as exc:
-            raise EndpointStartError(f"cannot open its audit file {exc.filename}: {exc.strerror}") from None
+            raise EndpointStartError(f"cannot open its audit sink {exc.filename}: {exc.strerror}") from None
         try:
             adopted = self._adopt(declared) if self._adopt is not None else None
         except EndpointError as exc:

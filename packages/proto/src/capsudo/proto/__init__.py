@@ -46,6 +46,7 @@ __all__ = [
     "Reason",
     "Refused",
     "reason",
+    "NOTE_PREFIX",
     "reason_of",
     "Configured",
     "Resized",
@@ -88,7 +89,7 @@ _HOME = {
     **dict.fromkeys(
         ["SessionProtocol", "HandshakeLimits", "Request", "Reason", "Refused", "reason", "reason_of",
          "Configured", "Resized", "Failed", "Challenged", "Finished", "CLIENT", "DAEMON", "handshake",
-         "DescribingProtocol", "DescribeAsked", "Described", "DESCRIBING"],
+         "DescribingProtocol", "DescribeAsked", "Described", "DESCRIBING", "NOTE_PREFIX"],
         "._session",
     ),
     **dict.fromkeys(
@@ -112,7 +113,7 @@ if TYPE_CHECKING:
                           StreamClose, StreamData, encode_data_header, encode_frame)
     from ._session import (CLIENT, DAEMON, Challenged, Configured, Failed, Finished, HandshakeLimits, Reason,
                            Refused, Request, Resized, SessionProtocol, handshake, reason, reason_of,
-                           DESCRIBING, DescribeAsked, Described, DescribingProtocol)
+                           DESCRIBING, NOTE_PREFIX, DescribeAsked, Described, DescribingProtocol)
     from ._messages import (MESSAGE_CLASSES, Arg, Describe, Description, End, Env, Error, Exit, Fd, Message, MessageType, Secret,
                             SessionKind, SessionType, Unauthorized, Winsize, decode_header,
                             encode_message)

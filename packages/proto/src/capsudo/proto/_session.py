@@ -102,7 +102,13 @@ REASONS = {
     "busy": "too many sessions (limit {limit}); try again later",
     "secret-invalid": "secret invalid",
     "cannot-run": "unable to run {program}: {why}",
+    "dropped": "this endpoint ignores {what}, and refuses a request that has them",
 }
+
+
+#: An Error whose text starts so, sent just before the Exit of a session that ran, is a notice, not a failure:
+#: every client shows an Error's text, and ours shows this one as a note.
+NOTE_PREFIX = "note: "
 
 
 def reason(code: str, **fields: object) -> Reason:

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
-from capsudo.core import Request, SessionLimits, daemon_protocol, read_request
+from capsudo.core import Request, SessionLimits, daemon_protocol, new_session_id, read_request
 from capsudo.proto import (CLIENT, MESSAGE_CLASSES, Challenged, Error, Exit, Failed, Finished, ProtocolError,
                            Refused, Resized, SessionProtocol, Unauthorized, handshake, lean, reason)
 from capsudo.transport import MessageChannel, UnixChannel
 
 _LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
-ConnectTarget = Callable[[], Awaitable[MessageChannel]]
+#: Connects to the target for the session with the given id.
+ConnectTarget = Callable[[str], Awaitable[MessageChannel]]
 
 
 @dataclass
@@ -30,6 +31,8 @@ class ForwardRecord:
 
     peer: str
     target: str
+    #: Our id for the session, which a daemon of ours behind a Unix socket serves it under too.
+    session: str = field(default_factory=new_session_id)
     status: int | None = None
     outcome: str = "ok"
     duration: float = 0.0
@@ -37,7 +40,7 @@ class ForwardRecord:
     def __str__(self) -> str:
         status = "-" if self.status is None else str(self.status)
         return (f"session from {self.peer} to {self.target} status={status} "
-                f"outcome={self.outcome} duration={self.duration:.3f}s")
+                f"outcome={self.outcome} duration={self.duration:.3f}s id={self.session}")
 
 
 async def _send_quietly(channel: MessageChannel, *messages) -> None:
@@ -152,7 +155,7 @@ async def _forward(client: MessageChannel, connect_target: ConnectTarget, limits
     failure = None
     try:
         try:
-            target = await connect_target()
+            target = await connect_target(record.session)
         except Exception as exc:  # EndpointError, OSError: anything that kept us from the target
             record.outcome = f"target unreachable: {exc}"
             failure = f"capsudo-proxy: {exc}"

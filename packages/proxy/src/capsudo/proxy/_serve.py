@@ -16,8 +16,8 @@ log = Logger("capsudo-proxy")
 
 
 def _connector(settings: ProxySettings):
-    async def connect():
-        return await connect_endpoint(settings.target, tls=settings.target_tls)
+    async def connect(session_id: str):
+        return await connect_endpoint(settings.target, tls=settings.target_tls, session_id=session_id)
 
     return connect
 

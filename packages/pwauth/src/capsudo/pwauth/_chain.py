@@ -3,7 +3,9 @@
 The client's socket becomes the command's standard input, in blocking mode
 as a plain daemon expects. The command gets nothing else of ours: its output
 goes to the front-end's standard error (so a chained capsudod's session
-record lands in the same log), its environment is a safe PATH alone, its
+record lands in the same log), its environment is a safe PATH and the
+session's id (CAPSUDO_SESSION_ID, which our capsudod serves the session
+under and any other command may ignore), its
 working directory is /, and it runs in a session of its own, so signals
 aimed at the front-end's terminal do not reach it.
 """
@@ -32,7 +34,8 @@ def output_descriptor() -> int:
         return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
 
 
-async def start_chained(command: Sequence[str], client_fd: int, output_fd: int) -> trio.Process:
+async def start_chained(command: Sequence[str], client_fd: int, output_fd: int, *,
+                        session_id: str | None = None) -> trio.Process:
     """Start `command` with `client_fd` as its stdin. The caller still closes its own copy.
 
     Blocking mode belongs to the open file, which the command shares: after
@@ -46,7 +49,7 @@ async def start_chained(command: Sequence[str], client_fd: int, output_fd: int) 
             stdin=client_fd,
             stdout=output_fd,
             stderr=output_fd,
-            env={"PATH": SAFE_PATH},
+            env={"PATH": SAFE_PATH, **({"CAPSUDO_SESSION_ID": session_id} if session_id else {})},
             cwd="/",
             close_fds=True,
             start_new_session=True,

@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from capsudo.core import ConnectionLimits, ServedEndpoint, stop_on_signals
+from capsudo.core import ConnectionLimits, ServedEndpoint, new_session_id, stop_on_signals
 from capsudo.proto import Error, Exit, Message, ProtocolError, Unauthorized, lean, reason
 from capsudo.transport import EndpointError, UnixChannel, open_unix_listener
 
@@ -114,11 +114,13 @@ class Client:
         self.uid = channel.peer.uid
         self.pid = channel.peer.pid
         self.user = user
+        # The id the chained capsudod serves the session under: one id in both logs and the audit.
+        self.session = new_session_id()
         # Its terminal session, when tickets are kept and it has one.
         self.terminal: Terminal | None = None
 
     def __str__(self) -> str:
-        return f"user={self.user or '?'} uid={self.uid} pid={self.pid}"
+        return f"session={self.session} user={self.user or '?'} uid={self.uid} pid={self.pid}"
 
 
 class FrontEnd:
@@ -302,7 +304,8 @@ class FrontEnd:
             self._record(client, outcome, f"{detail}; the client left before the hand-over")
             return
         try:
-            process = await start_chained(self.settings.command, channel.socket.fileno(), self._output_fd)
+            process = await start_chained(self.settings.command, channel.socket.fileno(), self._output_fd,
+                                          session_id=client.session)
         except ChainError as exc:
             await self._finish(client, outcome, f"{detail}; {exc}", Error(str(exc)), Exit(1))
             return

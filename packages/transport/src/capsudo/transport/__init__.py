@@ -23,6 +23,8 @@ __all__ = [
     "DEFAULT_MODE",
     "UnixChannel",
     "connect_unix",
+    "SESSION_ADDRESS",
+    "is_session_id",
     "UnixListener",
     "open_unix_listener",
     "EndpointError",
@@ -88,6 +90,8 @@ _HOME = {
     "DEFAULT_MODE": "._owner",
     "UnixChannel": "._unix",
     "connect_unix": "._unix",
+    "SESSION_ADDRESS": "._unix",
+    "is_session_id": "._unix",
     "UnixListener": "._listener",
     "open_unix_listener": "._listener",
     "EndpointError": "._errors",
@@ -152,4 +156,4 @@ if TYPE_CHECKING:
     from ._ssh import SshChannel, ssh_command_line
     from ._owner import DEFAULT_MODE, Owner, parse_mode, parse_owner
     from ._tls import TlsHandshakeError, TlsOptions, describe_tls_failure, find_ssl_error
-    from ._unix import UnixChannel, connect_unix
+    from ._unix import SESSION_ADDRESS, UnixChannel, connect_unix, is_session_id

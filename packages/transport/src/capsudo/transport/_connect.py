@@ -40,19 +40,22 @@ async def connect_endpoint(
     tls: TlsOptions | None = None,
     *,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    session_id: str | None = None,
     **channel_options,
 ) -> MessageChannel:
     """A channel to `endpoint`: a UnixChannel, or a dialing MuxChannel.
 
     `tls` is needed for tls:// and ignored elsewhere. `channel_options` go
-    to MuxChannel (exit_grace, stream_buffer_limit, …). Every failure is an
+    to MuxChannel (exit_grace, stream_buffer_limit, …). `session_id` is
+    the id a front-end's session goes by, which a Unix socket's daemon can
+    read from our address; other transports do not carry it. Every failure is an
     EndpointError with one line that names the endpoint; a refused TLS
     handshake is its subclass TlsHandshakeError.
     """
     endpoint = as_endpoint(endpoint)
     if isinstance(endpoint, UnixEndpoint):
         try:
-            return await connect_unix(endpoint.path)
+            return await connect_unix(endpoint.path, session_id=session_id)
         except OSError as exc:
             raise EndpointError(unix_connect_failure(endpoint.path, exc)) from None
     if isinstance(endpoint, SshEndpoint):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import re
 import socket
 from collections.abc import Sequence
 
@@ -31,6 +32,30 @@ def _fds_from_ancillary(ancdata) -> list[int]:
             received.frombytes(data[: len(data) - len(data) % received.itemsize])
             fds.extend(received)
     return fds
+
+
+#: The abstract address prefix of a connection that names its session's id (a front-end's, passed along).
+SESSION_ADDRESS = b"\0capsudo-session/"
+_SESSION_ID = re.compile(rb"[0-9a-f]{16}")
+
+
+def is_session_id(text: str) -> bool:
+    """Whether `text` has the form of a session id: 16 lowercase hex digits."""
+    return _SESSION_ID.fullmatch(text.encode("ascii", "replace")) is not None
+
+
+def _peer_session(sock: socket.socket) -> str | None:
+    """The session id the peer's address names, if it is bound to SESSION_ADDRESS and an id."""
+    try:
+        address = sock.getpeername()
+    except OSError:
+        return None
+    if isinstance(address, str):
+        address = address.encode("utf-8", "surrogateescape")
+    if not isinstance(address, bytes) or not address.startswith(SESSION_ADDRESS):
+        return None
+    name = address[len(SESSION_ADDRESS):]
+    return name.decode("ascii") if _SESSION_ID.fullmatch(name) else None
 
 
 class UnixChannel(MessageChannel):
@@ -69,6 +94,7 @@ class UnixChannel(MessageChannel):
             self.peer = None
         self.description = description or f"unix {self.peer or '?'}"
         self.source = f"uid {self.peer.uid}" if self.peer is not None else None
+        self.peer_session = _peer_session(sock)
         self._budget = HandshakeBudget()
         self._send_lock = trio.Lock()
 
@@ -137,9 +163,17 @@ class UnixChannel(MessageChannel):
         await trio.lowlevel.checkpoint()
 
 
-async def connect_unix(path: str, **options) -> UnixChannel:
+async def connect_unix(path: str, *, session_id: str | None = None, **options) -> UnixChannel:
+    """A channel to the socket at `path`; with `session_id`, one the daemon can tell the session's id by.
+
+    The id travels as our end's address, an abstract name (SESSION_ADDRESS
+    and the id), not as a message: a daemon that does not look at its
+    peer's address sees an ordinary connection.
+    """
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        if session_id is not None:
+            await sock.bind(SESSION_ADDRESS + session_id.encode("ascii"))
         await sock.connect(path)
     except BaseException:
         sock.close()
