@@ -129,4 +129,6 @@ def test_make_install_puts_working_commands_on_every_users_path(tmp_path, sock_d
     results = json.loads(scenario.stdout)
     assert results["date"][0] == 0 and results["date"][1].strip().isdigit(), results["date"]
     assert results["id"] == [0, "0\n", ""]
-    assert results["delegated"] == [0, "narrow\n", ""]
+    # The narrow endpoint pins its command: the client is told its argument went unused.
+    assert results["delegated"] == [0, "narrow\n", "capsudo: note: this endpoint ignores arguments ('ignored'): "
+                                                    "ran /bin/echo narrow\n"]

@@ -12,7 +12,8 @@ Checked at every step, for every endpoint (-f and -E on or off):
 - no program runs before End: the daemon has no child and nothing was
   written to the delegated stdout;
 - a session that ran a program gets exactly one Exit, with the program's
-  status, and nothing after it; a refused one gets an Error and Exit(1);
+  status, and nothing after it (before it, a note when the pins dropped
+  what the client asked); a refused one gets an Error and Exit(1);
 - the program's command line is the pinned one, plus the client's arguments
   unless -f; its environment is the daemon's entries over the client's,
   or the daemon's alone with -E;
@@ -39,7 +40,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from capsudo.core import CALLER_ENTRIES, Policy, SessionLimits, serve_session
-from capsudo.proto import (Arg, ControlDecoder, End, Env, Error, Exit, Fd, Secret, SessionKind,
+from capsudo.proto import (NOTE_PREFIX, Arg, ControlDecoder, End, Env, Error, Exit, Fd, Secret, SessionKind,
                            SessionType, Winsize, encode_message)
 from capsudo.transport import UnixChannel
 
@@ -336,8 +337,14 @@ class SessionModel(RuleBasedStateMachine):
 
     def _expect_exit(self, status: int) -> None:
         replies = self._replies_until_close()
-        # Exactly one Exit, the program's status, and nothing else.
-        assert replies == [Exit(status)], (replies, self._stderr())
+        # Exactly one Exit, the program's status, and nothing after it; before
+        # it at most one note, which a session whose arguments the pins dropped has.
+        *notes, last = replies or [None]
+        assert last == Exit(status), (replies, self._stderr())
+        assert len(notes) <= 1 and all(isinstance(note, Error) and note.text.startswith(NOTE_PREFIX)
+                                       for note in notes), replies
+        if self.policy.fixed_arguments and self.args:
+            assert notes, f"arguments {self.args} were dropped without a note: {replies}"
         self._finish_session()
         if self.interactive:
             # What the terminal echoed of our input was relayed before Exit.
