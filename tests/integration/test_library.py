@@ -110,3 +110,19 @@ def test_a_timeout_of_the_synchronous_call_hangs_the_program_up(daemon, tmp_path
         core.run(["sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"], endpoint=daemon.socket, timeout=0.5)
     assert time.monotonic() - started < 5
     assert _gone(int(pid_file.read_text()), within=5)
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_an_endpoint_nobody_serves_raises_client_error_itself(sock_dir, kind):
+    # What the docstring promises, and what a caller's `except ClientError` catches:
+    # the error itself, not a group the session's nursery wrapped it in.
+    address = os.path.join(sock_dir, "nobody.sock") if kind == "unix" else "tcp://127.0.0.1:1"
+
+    async def main():
+        await core.run_async(["true"], endpoint=address, capture_output=True)
+
+    with pytest.raises(core.ClientError) as raised:
+        trio.run(main)
+    assert "nobody.sock" in str(raised.value) or "127.0.0.1:1" in str(raised.value)
+    with pytest.raises(core.ClientError):
+        core.run(["true"], endpoint=address, capture_output=True)

@@ -205,6 +205,9 @@ async def run_async(
                         feed = None
     except trio.TooSlowError:
         raise TimeoutError(f"the session did not finish within {timeout:g} s; the program was hung up") from None
+    except BaseExceptionGroup as group:
+        # The nursery wraps what the session raised: the caller gets the error itself.
+        raise _sole_error(group) from None
     finally:
         if captures:
             for capture in captures:
@@ -220,6 +223,21 @@ async def run_async(
     if check and result.status != 0:
         raise SessionFailed(result)
     return result
+
+
+def _sole_error(group: BaseExceptionGroup) -> BaseException:
+    """The one error in a nursery's group (the others being cancellations), else the group."""
+    import trio
+
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop()
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        elif not isinstance(error, trio.Cancelled):
+            leaves.append(error)
+    return leaves[0] if len(leaves) == 1 else group
 
 
 def _refuse_inside_trio(name: str) -> None:
