@@ -5,6 +5,6 @@ endpoints and sessions, grant endpoints for a while or a number of uses,
 renew, revoke and kill; see docs/control.md.
 """
 
-from ._cli import main
+from ._cli import exchange, main
 
-__all__ = ["main"]
+__all__ = ["exchange", "main"]

@@ -220,10 +220,10 @@ def _grant(rest: list[str]) -> dict:
     return request
 
 
-def exchange(path: str, request: dict) -> dict:
+def exchange(path: str, request: dict, timeout: float = 30.0) -> dict:
     """Send one request line, read one response line. Raises OSError."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(30)
+        sock.settimeout(timeout)
         sock.connect(path)
         try:
             sock.sendall(json.dumps(request).encode() + b"\n")

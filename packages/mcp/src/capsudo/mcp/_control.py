@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import socket
 from typing import Any
+
+from capsudo.ctl import exchange
 
 
 class RequestRefused(Exception):
@@ -14,25 +14,9 @@ class RequestRefused(Exception):
 def file_request(path: str, *, what: str, why: str, duration: str, timeout: float = 10.0) -> dict[str, Any]:
     request = {"command": "request", "what": what, "why": why, "for": duration}
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(path)
-            try:
-                sock.sendall(json.dumps(request).encode() + b"\n")
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # a refusal comes before the request is read, and is still there to read
-            buffer = bytearray()
-            while b"\n" not in buffer:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buffer += chunk
+        response = exchange(path, request, timeout)
     except OSError as exc:
         raise RequestRefused(f"cannot reach the control socket {path}: {exc.strerror or exc}") from None
-    try:
-        response = json.loads(buffer.partition(b"\n")[0])
-    except ValueError:
-        raise RequestRefused("the control socket's answer is not JSON") from None
     if not isinstance(response, dict) or not response.get("ok"):
         error = response.get("error") if isinstance(response, dict) else None
         raise RequestRefused(str(error or "the daemon gave no answer"))
