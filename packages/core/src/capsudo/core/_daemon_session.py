@@ -12,7 +12,7 @@ import dataclasses
 import shlex
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import trio
@@ -119,19 +119,24 @@ class _Session:
         self.timed_out = False
 
 
-async def _watch_client(session: _Session, program: RunningProgram) -> None:
-    """Apply window-size changes until the client goes away."""
+async def _follow_resizes(session: _Session, resize: Callable[[object], None]) -> None:
+    """Pass each window-size change to `resize`; return when the client goes away (or breaks the protocol)."""
     while True:
         try:
             received = await session.channel.receive()
             event = session.protocol.receive(received.message) if received is not None else None
         except (ProtocolError, *_LINK_ERRORS):
-            received = None
+            return
         if received is None:
-            session.outcome = "client hung up"
             return
         if isinstance(event, Resized):
-            program.resize(event.winsize)
+            resize(event.winsize)
+
+
+async def _watch_client(session: _Session, program: RunningProgram) -> None:
+    """Apply window-size changes until the client goes away."""
+    await _follow_resizes(session, program.resize)
+    session.outcome = "client hung up"
 
 
 async def _supervise(session: _Session, program: RunningProgram, shutdown: Hangup,
@@ -367,20 +372,14 @@ async def _await_held(session: _Session, request: Request, held: Held) -> Allow 
             nursery.cancel_scope.cancel()
 
         async def watch() -> None:
-            while True:
-                try:
-                    received = await session.channel.receive()
-                    event = session.protocol.receive(received.message) if received is not None else None
-                except (ProtocolError, *_LINK_ERRORS):
-                    received = None
-                if received is None:
-                    held.withdraw()
-                    session.outcome = "client left while its request was pending"
-                    session.emit(Decided(session.id, False, reason=_WITHDRAWN, decision="withdrawn"))
-                    nursery.cancel_scope.cancel()
-                    return
-                if isinstance(event, Resized):
-                    request.winsize = event.winsize
+            def keep_for_the_program(winsize) -> None:
+                request.winsize = winsize
+
+            await _follow_resizes(session, keep_for_the_program)
+            held.withdraw()
+            session.outcome = "client left while its request was pending"
+            session.emit(Decided(session.id, False, reason=_WITHDRAWN, decision="withdrawn"))
+            nursery.cancel_scope.cancel()
 
         nursery.start_soon(decided)
         nursery.start_soon(watch)
