@@ -52,13 +52,12 @@ class DaemonEndpoint:
                  events: EventSink | None = None, finish_when_removed: bool = False,
                  exposed: Sequence[tuple[object, object]] = (),
                  on_use: Callable[["DaemonEndpoint"], None] | None = None,
-                 approval=None, approvals=None, description: str = "") -> None:
+                 approval=None, approvals=None) -> None:
         self.name = name
         self.config = config
         #: ApprovalSettings when each session waits for a person's decision; the daemon's ApprovalBook.
         self.approval = approval
         self.approvals = approvals
-        self.description = description
         self.listener = listener
         self.finish_when_removed = finish_when_removed
         self._log = log if name is None else (lambda line: log(f"endpoint {name}: {line}"))
@@ -99,8 +98,8 @@ class DaemonEndpoint:
     async def open(cls, name: str | None, config, *, log: Callable[[str], None], adopted=None,
                    events: EventSink | None = None, finish_when_removed: bool = False,
                    exposures: Sequence[object] = (),
-                   on_use: Callable[["DaemonEndpoint"], None] | None = None, approval=None, approvals=None,
-                   description: str = "") -> "DaemonEndpoint":
+                   on_use: Callable[["DaemonEndpoint"], None] | None = None, approval=None,
+                   approvals=None) -> "DaemonEndpoint":
         """Listen as `config` says (or on `adopted`, a listener systemd passed) and at each of
         `exposures` (configurations differing only in how they listen); log where. All or none."""
         named = log if name is None else (lambda line: log(f"endpoint {name}: {line}"))
@@ -118,7 +117,7 @@ class DaemonEndpoint:
                 await listener.aclose()
             raise
         return cls(name, config, listener, log=log, events=events, finish_when_removed=finish_when_removed,
-                   exposed=exposed, on_use=on_use, approval=approval, approvals=approvals, description=description)
+                   exposed=exposed, on_use=on_use, approval=approval, approvals=approvals)
 
     def listens_as(self, other) -> bool:
         """Whether `other` can be served on this endpoint's listener (only what sessions do differs)."""
@@ -260,7 +259,7 @@ class DaemonEndpoint:
             program = None
         real = os.path.realpath(program) if program is not None else None
         return {
-            "description": self.description, "where": asked.where, "timeout": approval.timeout,
+            "description": self.config.description, "where": asked.where, "timeout": approval.timeout,
             "pid": peer.pid if peer is not None else None, "user": user_name(peer.uid) if peer is not None else None,
             "gid": peer.gid if peer is not None else None, "label": peer.label if peer is not None else None,
             **(caller_details(peer.pid) if peer is not None and peer.pid > 0 else {}),

@@ -125,8 +125,7 @@ class Supervisor:
         endpoint = await DaemonEndpoint.open(declared.name, config, log=self._log, adopted=adopted, events=events,
                                              finish_when_removed=declared.finish_when_removed,
                                              exposures=declared.exposures, on_use=on_use,
-                                             approval=declared.approval, approvals=self.approvals,
-                                             description=declared.description)
+                                             approval=declared.approval, approvals=self.approvals)
         self.running[declared.name] = endpoint
         self._declared[declared.name] = declared
         await self._nursery.start(endpoint.run)
