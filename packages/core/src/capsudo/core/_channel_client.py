@@ -24,7 +24,8 @@ from capsudo.transport import (EndpointError, MessageChannel, TlsOptions, connec
 
 from ._client_request import ClientError, ClientRequest, terminal_size
 from ._password_flow import CLOSED_BEFORE_STATUS, PasswordFlow, PasswordRequired, SecretPrompt, follow_reply
-from ._terminal import FATAL_SIGNALS, Interrupted, leave_program_modes, raw_mode
+from ._fatal_signals import FATAL_SIGNALS, Interrupted
+from ._terminal import leave_program_modes, raw_mode
 from ._unix_client import SessionResult
 
 Connect = Callable[[], Awaitable[MessageChannel]]

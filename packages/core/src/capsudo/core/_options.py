@@ -69,19 +69,3 @@ def parse_options(
             break
         index += 1
     return options, list(argv[index:])
-
-
-def number_option(name: str, value: str, kind: type = int, minimum: float = 0):
-    """The value of a numeric option: a finite number of at least `minimum`.
-
-    Every limit of every command is read through here, so that each refuses
-    the same things (nan, inf, below its floor) with the same words.
-    """
-    try:
-        number = kind(value)
-    except ValueError:
-        raise UsageError(f"{name} takes a number, got {value!r}") from None
-    if not minimum <= number < float("inf"):
-        floor = f"{minimum:g}" if isinstance(minimum, float) else minimum
-        raise UsageError(f"{name} must be a finite number of at least {floor}, got {value!r}")
-    return number

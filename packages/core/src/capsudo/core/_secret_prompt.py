@@ -14,7 +14,7 @@ import os
 import termios
 
 from ._client_request import ClientError
-from ._terminal import stop_on_signals
+from ._fatal_signals import stop_on_signals
 
 TERMINAL = "/dev/tty"
 # Linux keeps at most 4095 bytes of a line; anything longer is not typed.

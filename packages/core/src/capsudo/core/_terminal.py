@@ -14,7 +14,6 @@ import tty
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ._fatal_signals import FATAL_SIGNALS, Interrupted, stop_on_signals  # noqa: F401  (named here too)
 
 # What a full-screen program may have turned on and, gone with its daemon,
 # can no longer turn off: the alternate screen, a hidden cursor, mouse

@@ -110,7 +110,8 @@ def _interactive_session(
     # terminal are for interactive sessions only.
     import contextlib
 
-    from ._terminal import leave_program_modes, on_window_change, raw_mode, stop_on_signals
+    from ._fatal_signals import stop_on_signals
+    from ._terminal import leave_program_modes, on_window_change, raw_mode
 
     sent = request.winsize
     request_sent = False
